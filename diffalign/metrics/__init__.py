@@ -1,0 +1,3 @@
+"""Sample-quality metrics."""
+
+from .distances import energy_distance as energy_distance, wasserstein2 as wasserstein2

@@ -1,0 +1,12 @@
+"""TrainState, the pure train step, optimizers and the checkpointing, logging loop."""
+
+from .logger import MetricLogger as MetricLogger
+from .loop import (
+    NonFiniteLossError as NonFiniteLossError,
+    TrainResult as TrainResult,
+    config_differences as config_differences,
+    train as train,
+)
+from .optim import make_optimizer as make_optimizer
+from .state import TrainState as TrainState, init_train_state as init_train_state
+from .step import ema_decay_at as ema_decay_at, make_multi_step as make_multi_step, make_train_step as make_train_step

@@ -1,0 +1,275 @@
+"""The training loop: the only place that touches files, clocks and terminals.
+
+It runs a pure ``step(state, batch) -> (state, metrics)`` in ``lax.scan`` chunks (one
+dispatch per chunk, which matters for small models), and around it:
+
+* resumes automatically from the newest complete checkpoint in ``workdir`` (refusing one
+  written with a different config),
+* saves orbax checkpoints with the config beside them,
+* logs metrics to ``workdir/metrics.jsonl`` and ``.csv`` (TensorBoard optional),
+* shows a progress bar with steps/s on process 0,
+* stops on a non-finite loss with the step number, keeping the last good checkpoint,
+* reports compile time apart from run time.
+
+Chunk boundaries fall on multiples of ``steps_per_call``, ``log_every`` and
+``checkpoint_every``, so a resumed run executes exactly the same chunks as an uninterrupted
+one and ends bit-identical to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..checkpoint import CheckpointError, Checkpointer
+from ..distributed.mesh import batch_sharding, check_divisible, is_main_process, replicated, state_shardings
+from .logger import MetricLogger
+from .step import make_multi_step
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a non-finite loss or gradient; the last good checkpoint is kept."""
+
+    def __init__(self, step: int, metrics: dict, last_checkpoint: int | None, directory: str | None):
+        self.step, self.metrics, self.last_checkpoint, self.directory = step, metrics, last_checkpoint, directory
+        where = (
+            f"the last good checkpoint is step {last_checkpoint} in {directory}"
+            if last_checkpoint is not None
+            else "no checkpoint had been written yet"
+        )
+        shown = {k: v for k, v in metrics.items() if k != "nonfinite"}
+        super().__init__(
+            f"non-finite loss or gradient at step {step} (metrics {shown}); training stopped and {where}. "
+            "Lower the learning rate, clip gradients, or check the data for NaN/inf."
+        )
+
+
+class TrainResult(NamedTuple):
+    state: object
+    summary: dict
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(saved: dict, current: dict, ignore=()) -> list[str]:
+    """Keys whose values differ between two (nested) configs, ignoring ``ignore``."""
+    a, b = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(current)))
+    keys = sorted((set(a) | set(b)) - set(ignore))
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+@dataclasses.dataclass
+class _Chunks:
+    """Runs one compiled multi-step program per chunk length, with optional shardings."""
+
+    step_fn: Callable
+    batch_fn: Callable
+    on_device: bool
+    vectorize: bool
+    mesh: object
+    state_sh: object
+    compile_s: float = 0.0
+
+    def __post_init__(self):
+        self._compiled = {}
+
+    def _device_batch_fn(self):
+        if self.mesh is None:
+            return self.batch_fn
+        sh = batch_sharding(self.mesh)
+        return lambda step: jax.tree.map(
+            lambda x: jax.lax.with_sharding_constraint(x, sh), self.batch_fn(step)
+        )
+
+    def host_batches(self, start: int, n: int):
+        batches = [self.batch_fn(s) for s in range(start, start + n)]
+        stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *batches)
+        if self.mesh is None:
+            return stacked
+        return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(self.mesh, axis=1)), stacked)
+
+    def run(self, state, start: int, n: int):
+        batches = None if self.on_device else self.host_batches(start, n)
+        if n not in self._compiled:
+            run = make_multi_step(
+                self.step_fn,
+                self._device_batch_fn() if self.on_device else None,
+                n,
+                vectorize_batches=self.vectorize,
+            )
+            if self.mesh is None:
+                jitted = jax.jit(run, donate_argnums=0)
+            else:
+                bsh = None if self.on_device else batch_sharding(self.mesh, axis=1)
+                jitted = jax.jit(
+                    run,
+                    in_shardings=(self.state_sh, bsh),
+                    out_shardings=(self.state_sh, replicated(self.mesh)),
+                    donate_argnums=0,
+                )
+            t0 = time.perf_counter()
+            self._compiled[n] = jitted.lower(state, batches).compile()
+            self.compile_s += time.perf_counter() - t0
+        return self._compiled[n](state, batches)
+
+
+def train(
+    state,
+    step_fn: Callable,
+    batch_fn: Callable,
+    *,
+    num_steps: int,
+    workdir: str | None = None,
+    config: dict | None = None,
+    batch_on_device: bool = True,
+    vectorize_batches: bool = False,
+    steps_per_call: int = 100,
+    log_every: int = 100,
+    checkpoint_every: int | None = None,
+    keep_checkpoints: int = 3,
+    mesh=None,
+    progress: bool = True,
+    tensorboard: bool = False,
+    resume_ignore: tuple[str, ...] = ("num_steps",),
+    on_log: Callable | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``state`` with ``step_fn`` until ``state.step == num_steps``.
+
+    Args:
+      state: a TrainState (its ``step`` says where training stands).
+      step_fn: pure ``step(state, batch) -> (state, metrics)`` from ``make_train_step``.
+      batch_fn: ``batch_fn(step) -> batch``. With ``batch_on_device`` it must be pure JAX
+        (it is traced into the compiled chunk); otherwise it returns NumPy arrays on the host.
+        Either way it must depend only on ``step``, which makes resumption exact.
+      vectorize_batches: make a chunk's device batches at once under ``jax.vmap``.
+      num_steps: total number of steps of the run (not the number still to do).
+      workdir: where checkpoints (``workdir/checkpoints``) and metric logs go; ``None``
+        trains in memory only.
+      config: JSON-serialisable run config, saved beside every checkpoint and compared on
+        resume (keys in ``resume_ignore`` may differ).
+      steps_per_call: training steps per compiled ``lax.scan`` chunk.
+      log_every / checkpoint_every: intervals in steps (checkpoints also at the end).
+      mesh: a device mesh for data-parallel training (batch split over "data").
+      on_log: called as ``on_log(step, metrics)`` after each log row.
+    """
+    for name, v in (("num_steps", num_steps), ("steps_per_call", steps_per_call), ("log_every", log_every)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    main = is_main_process()
+    ckpt = logger = None
+    resumed_from = None
+    state_sh = None
+    if mesh is not None:
+        probe = jax.eval_shape(batch_fn, 0) if batch_on_device else batch_fn(0)
+        for leaf in jax.tree.leaves(probe):
+            check_divisible(leaf.shape[0], mesh)
+        state_sh = state_shardings(state, mesh)
+        state = jax.device_put(state, state_sh)
+    state = jax.tree.map(jnp.copy, state)  # chunks donate their input; never consume the caller's arrays
+
+    if workdir is not None:
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints)
+        latest = ckpt.latest_step()
+        if latest is not None:
+            restored, saved_config = ckpt.restore(state, latest)
+            if config is not None and saved_config is not None:
+                diff = config_differences(saved_config, config, resume_ignore)
+                if diff:
+                    raise CheckpointError(
+                        f"the checkpoints in {ckpt.directory} were written with a different config "
+                        f"({'; '.join(diff)}); use another run directory or the same config"
+                    )
+            state, resumed_from = restored, latest
+        logger = MetricLogger(workdir, tensorboard=tensorboard, enabled=main)
+
+    start = int(jax.device_get(state.step))
+    chunks = _Chunks(step_fn, batch_fn, batch_on_device, vectorize_batches, mesh, state_sh)
+    bar = None
+    if progress and main and start < num_steps:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_steps, initial=start, desc=desc, unit="step", dynamic_ncols=True)
+    boundaries = [steps_per_call, log_every] + ([checkpoint_every] if checkpoint_every else [])
+    pending: list[dict] = []
+    last_ckpt = resumed_from
+    step = start
+    t_run = 0.0
+    t_since_log = 0.0
+    run_steps_since_log = 0
+    last_metrics: dict = {}
+    try:
+        while step < num_steps:
+            n = min([b - step % b for b in boundaries] + [num_steps - step])
+            t0 = time.perf_counter()
+            compile_before = chunks.compile_s
+            state, metrics = chunks.run(state, step, n)
+            metrics = jax.device_get(metrics)
+            elapsed = time.perf_counter() - t0 - (chunks.compile_s - compile_before)
+            t_run += elapsed
+            t_since_log += elapsed
+            run_steps_since_log += n
+            bad = np.asarray(metrics["nonfinite"])
+            if bad.any():
+                first = int(np.argmax(bad))
+                row = {k: np.asarray(v)[first].item() for k, v in metrics.items()}
+                if ckpt is not None:
+                    ckpt.wait()
+                    last_ckpt = ckpt.latest_step()
+                raise NonFiniteLossError(step + first, row, last_ckpt, ckpt.directory if ckpt else None)
+            pending.append(metrics)
+            step += n
+            if bar is not None:
+                bar.update(n)
+            if step % log_every == 0 or step == num_steps:
+                row = {
+                    k: float(np.mean(np.concatenate([np.ravel(m[k]) for m in pending])))
+                    for k in pending[0]
+                    if k != "nonfinite"
+                }
+                row["steps_per_sec"] = run_steps_since_log / max(t_since_log, 1e-9)
+                t_since_log, run_steps_since_log, pending = 0.0, 0, []
+                last_metrics = row
+                if logger is not None:
+                    logger.write(step, row)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{row['loss']:.4g}", steps_s=f"{row['steps_per_sec']:.0f}")
+                if on_log is not None:
+                    on_log(step, row)
+            if ckpt is not None and ((checkpoint_every and step % checkpoint_every == 0) or step == num_steps):
+                ckpt.save(step, state, config)
+                last_ckpt = step
+    finally:
+        if bar is not None:
+            bar.close()
+        if ckpt is not None:
+            ckpt.close()
+        if logger is not None:
+            logger.close()
+    done = step - start
+    summary = {
+        "steps_run": done,
+        "resumed_from": resumed_from,
+        "compile_s": chunks.compile_s,
+        "train_s": t_run,
+        "steps_per_sec": done / t_run if t_run > 0 else None,
+        "final_metrics": last_metrics,
+    }
+    return TrainResult(state, summary)

@@ -1,0 +1,60 @@
+"""The one pytree that training carries: params, optimizer state, EMA params, step, key, transform state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from ..align.transforms import LossTransform, mean
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a training run needs to continue exactly, as one pytree.
+
+    Attributes:
+      params: model parameters (any pytree).
+      opt_state: optax state.
+      ema_params: exponential moving average of ``params`` (``None`` when EMA is off);
+        sample and evaluate with these.
+      step: number of completed updates (int32 scalar).
+      key: base PRNG key; step ``n`` uses ``fold_in(key, n)``.
+      transform_state: the loss transform's own state (multipliers, running means, ...).
+    """
+
+    params: Any
+    opt_state: Any
+    ema_params: Any
+    step: jax.Array
+    key: jax.Array
+    transform_state: Any
+
+    def eval_params(self):
+        """The parameters to sample and evaluate with: the EMA when there is one."""
+        return self.params if self.ema_params is None else self.ema_params
+
+
+def init_train_state(
+    params,
+    optimizer: optax.GradientTransformation,
+    key: jax.Array,
+    transform: LossTransform | None = None,
+    *,
+    ema: bool = True,
+) -> TrainState:
+    """A fresh TrainState at step 0. ``key`` must be a typed key (``jax.random.key(seed)``)."""
+    if not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        raise TypeError("TrainState needs a typed PRNG key: use jax.random.key(seed), not PRNGKey")
+    transform = transform or mean()
+    return TrainState(
+        params=params,
+        opt_state=optimizer.init(params),
+        ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+        step=jnp.zeros((), jnp.int32),
+        key=key,
+        transform_state=transform.init(),
+    )
