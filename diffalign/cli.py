@@ -64,7 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(module.Config, args)
     except (ValueError, TypeError) as e:
         parser.error(str(e))
-    metrics = module.run(config, args.out, smoke=args.smoke)
+    from diffalign.checkpoint import CheckpointError
+    from diffalign.training import NonFiniteLossError
+
+    try:
+        metrics = module.run(config, args.out, smoke=args.smoke)
+    except (CheckpointError, NonFiniteLossError) as e:
+        # failures a user can act on: say what happened, without a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"results: {args.out}/results.json")
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return 0

@@ -55,6 +55,7 @@ class Config:
     weight_decay: float = field(0.0, "AdamW weight decay")
     hidden: tuple[int, ...] = field((64, 64, 64), "MLP hidden widths")
     activation: str = field("selu", "MLP activation", choices=("selu", "silu", "gelu", "relu", "elu", "tanh"))
+    time_features: int = field(0, "0: feed t to the MLP as one input (torchcfm); k: k sinusoidal features of t")
     ema_decay: float = field(0.0, "EMA decay of the sampled parameters (0 = sample the trained ones)")
     sampler: str = field("euler", "sampler", choices=SAMPLERS)
     sample_steps: int = field(100, "sampler steps")
@@ -132,6 +133,10 @@ def _source_points(source: str, process, n: int, key):
     return get_dataset(source).sample(key, n)
 
 
+# fields that only affect sampling and evaluation: a run may be resumed with other values
+EVAL_FIELDS = ("sampler", "sample_steps", "num_samples", "nll_points", "log_every", "checkpoint_every", "steps_per_call")
+
+
 def _train_round(cfg, apply_fn, params, process, loss_fn, batch_fn, workdir, seed, desc):
     opt = make_optimizer(cfg.lr, name=cfg.optimizer, weight_decay=cfg.weight_decay)
     state = init_train_state(params, opt, jax.random.key(seed), ema=cfg.ema_decay > 0)
@@ -139,6 +144,7 @@ def _train_round(cfg, apply_fn, params, process, loss_fn, batch_fn, workdir, see
     return train(
         state, step, batch_fn,
         num_steps=cfg.steps, workdir=workdir, config={**dataclasses.asdict(cfg), "round": desc},
+        resume_ignore=("steps",) + EVAL_FIELDS,
         vectorize_batches=True, steps_per_call=cfg.steps_per_call, log_every=cfg.log_every,
         checkpoint_every=cfg.checkpoint_every, desc=desc,
     )
@@ -152,7 +158,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     t_start = time.perf_counter()
     source, target = parse_task(cfg.task)
     process, parametrization = _velocity_model(cfg)
-    model = MLP(2, cfg.hidden, activation=cfg.activation, rngs=nnx.Rngs(cfg.seed))
+    model = MLP(2, cfg.hidden, activation=cfg.activation, time_features=cfg.time_features, rngs=nnx.Rngs(cfg.seed))
     apply_fn, params = functional(model)
     if cfg.method == "dsm":
         loss_fn = dsm_loss(process, apply_fn, parametrization="eps")
@@ -219,7 +225,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
             t_lo = min(process.t_min, 1e-5)
             lp = jax.jit(lambda x: log_likelihood(pred.velocity, x, process.prior_logp, t_lo, process.t_max))(pts)
             metrics["nll"] = float(-jnp.mean(lp))
-            metrics["nll_points"] = int(cfg.nll_points)
+            metrics["nll_points"] = int(pts.shape[0])
     metrics["final_loss"] = rounds[-1]["final_metrics"].get("loss")
     metrics["train_steps_per_sec"] = rounds[0]["steps_per_sec"]
     metrics["num_samples"] = cfg.num_samples

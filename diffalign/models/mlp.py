@@ -18,6 +18,13 @@ def _activation(name: str):
     return ACTIVATIONS[name]
 
 
+def _check_input(x, t, dim: int) -> None:
+    if x.ndim != 2 or x.shape[-1] != dim:
+        raise ValueError(f"the network expects inputs of shape (batch, {dim}), got {tuple(x.shape)}")
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"the network expects one time per example, shape ({x.shape[0]},), got {tuple(t.shape)}")
+
+
 class MLP(nnx.Module):
     """[x, t (, class embedding)] -> hidden layers -> output of the data's dimension.
 
@@ -42,6 +49,7 @@ class MLP(nnx.Module):
         if dim < 1 or not hidden or min(hidden) < 1:
             raise ValueError(f"MLP needs dim >= 1 and positive hidden widths, got dim={dim}, hidden={hidden}")
         self.act = _activation(activation)
+        self.dim = dim
         self.time_features = time_features
         self.num_classes = num_classes
         in_dim = dim + (time_features or 1)
@@ -55,6 +63,7 @@ class MLP(nnx.Module):
         self.out = nnx.Linear(widths[-1], dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, t, y=None):
+        _check_input(x, t, self.dim)
         feats = [x, sinusoidal_embedding(t, self.time_features) if self.time_features else t[:, None]]
         if self.num_classes:
             if y is None:
@@ -85,6 +94,7 @@ class ResidualMLP(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.act = _activation(activation)
+        self.dim = dim
         self.time_features = time_features
         self.num_classes = num_classes
         self.inp = nnx.Linear(dim, width, dtype=dtype, rngs=rngs)
@@ -103,6 +113,7 @@ class ResidualMLP(nnx.Module):
     def __call__(self, x, t, y=None):
         shape = x.shape
         x = x.reshape(shape[0], -1)
+        _check_input(x, t, self.dim)
         c = self.time_mlp(sinusoidal_embedding(t, self.time_features))
         if self.num_classes:
             if y is None:

@@ -38,7 +38,8 @@ def _pool() -> ThreadPoolExecutor:
 def _solve_permutation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a.astype(np.float64)
     b = b.astype(np.float64)
-    cost = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    # elementwise, not a @ b.T: BLAS threads inside the worker threads oversubscribe the cores
+    cost = np.square(a[:, None, :] - b[None, :, :]).sum(-1)
     try:
         import ot
     except ImportError:

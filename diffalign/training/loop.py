@@ -128,6 +128,21 @@ class _Chunks:
         return self._compiled[n](state, batches)
 
 
+def _check_first_step(step_fn, state, batch_fn, on_device) -> None:
+    """Trace one step abstractly so that a bad batch fails here, with its shapes named."""
+    try:
+        batch = jax.eval_shape(batch_fn, 0) if on_device else batch_fn(0)
+    except Exception as e:
+        raise ValueError(f"the batch function failed for step 0: {type(e).__name__}: {e}") from e
+    try:
+        jax.eval_shape(step_fn, state, batch)
+    except Exception as e:
+        shapes = jax.tree.map(lambda x: f"{x.dtype}{list(x.shape)}", batch)
+        raise ValueError(
+            f"the training step cannot run on the batches given (batch: {shapes}): {type(e).__name__}: {e}"
+        ) from e
+
+
 def train(
     state,
     step_fn: Callable,
@@ -183,6 +198,7 @@ def train(
             check_divisible(leaf.shape[0], mesh)
         state_sh = state_shardings(state, mesh)
         state = jax.device_put(state, state_sh)
+    _check_first_step(step_fn, state, batch_fn, batch_on_device)
     state = jax.tree.map(jnp.copy, state)  # chunks donate their input; never consume the caller's arrays
 
     if workdir is not None:

@@ -57,7 +57,7 @@ def make_train_step(
         if ema is not None:
             d = ema_decay_at(state.step, ema_decay, ema_warmup)
             ema = optax.incremental_update(params, ema, 1.0 - d)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new = state.replace(
             params=params, opt_state=opt_state, ema_params=ema, step=state.step + 1, transform_state=tstate
