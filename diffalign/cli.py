@@ -17,6 +17,7 @@ EXPERIMENTS = {
     "toy2d": ("experiments.toy2d", "2-D toys: flow matching (I-CFM, OT-CFM, rectified flow) and DSM (VP, sub-VP, VE)"),
     "toy2d-table": ("experiments.toy2d_table", "the published 2-D flow-matching comparisons, over training seeds"),
     "digits": ("experiments.digits", "class-conditional diffusion on scikit-learn's 8x8 digits, with guidance and bits/dim"),
+    "graphs": ("experiments.graphs", "GDSS graph generation: `graphs train|sample|evaluate`"),
 }
 
 
@@ -34,18 +35,35 @@ def _top_parser() -> argparse.ArgumentParser:
     )
 
 
-def experiment_parser(name: str):
-    """(parser, module) for one experiment subcommand."""
+def experiment_parser(name: str, argv: list[str]):
+    """(parser, config class, run function, remaining argv) for one experiment subcommand.
+
+    An experiment module either has one ``Config`` and ``run``, or a ``COMMANDS`` table of
+    ``name -> (Config, run, summary)`` (``diffalign graphs train|sample|evaluate``).
+    """
     from experiments.common import add_config_arguments
 
     module = importlib.import_module(EXPERIMENTS[name][0])
-    parser = argparse.ArgumentParser(
-        prog=f"diffalign {name}", description=module.DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    prog = f"diffalign {name}"
+    if hasattr(module, "COMMANDS"):
+        commands = module.COMMANDS
+        if not argv or argv[0] not in commands:
+            lines = "\n".join(f"  {k:<10} {v[2]}" for k, v in commands.items())
+            msg = f"usage: {prog} {{{','.join(commands)}}} --out DIR [options]\n\n{module.DESCRIPTION}\n\ncommands:\n{lines}"
+            if argv and argv[0] in ("-h", "--help"):
+                print(msg)
+                raise SystemExit(0)
+            print(msg, file=sys.stderr)
+            raise SystemExit(2)
+        config_cls, run, summary = commands[argv[0]]
+        prog, description, argv = f"{prog} {argv[0]}", summary, argv[1:]
+    else:
+        config_cls, run, description = module.Config, module.run, module.DESCRIPTION
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
     parser.add_argument("--smoke", action="store_true", help="a tiny run through the same code path (under a minute)")
-    add_config_arguments(parser, module.Config)
-    return parser, module
+    add_config_arguments(parser, config_cls)
+    return parser, config_cls, run, argv
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,18 +76,18 @@ def main(argv: list[str] | None = None) -> int:
             top.error(f"unknown subcommand {argv[0]!r}; choose one of: {', '.join(EXPERIMENTS)}")
         top.print_help()
         return 0 if argv else 2
-    parser, module = experiment_parser(argv[0])
-    args = parser.parse_args(argv[1:])
+    parser, config_cls, run, rest = experiment_parser(argv[0], argv[1:])
+    args = parser.parse_args(rest)
     try:
-        config = config_from_args(module.Config, args)
+        config = config_from_args(config_cls, args)
     except (ValueError, TypeError) as e:
         parser.error(str(e))
     from diffalign.checkpoint import CheckpointError
     from diffalign.training import NonFiniteLossError
 
     try:
-        metrics = module.run(config, args.out, smoke=args.smoke)
-    except (CheckpointError, NonFiniteLossError) as e:
+        metrics = run(config, args.out, smoke=args.smoke)
+    except (CheckpointError, NonFiniteLossError, FileNotFoundError) as e:
         # failures a user can act on: say what happened, without a traceback
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -153,3 +153,10 @@ def validate_choices(config) -> None:
         choices = f.metadata.get("choices")
         if choices is not None and getattr(config, f.name) not in choices:
             raise ValueError(f"{f.name}={getattr(config, f.name)!r} is not one of {choices}")
+
+
+def require_positive(config, *names: str) -> None:
+    """Raise a clear error for any named integer setting below 1."""
+    for name in names:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")

@@ -26,7 +26,7 @@ from diffalign.sampling import SAMPLERS, bits_per_dim, guided, log_likelihood, s
 from diffalign.sde import SDE
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
 
-from .common import Timer, field, prepare_out, validate_choices, write_results
+from .common import Timer, field, prepare_out, require_positive, validate_choices, write_results
 
 NAME = "digits"
 DESCRIPTION = (
@@ -64,9 +64,7 @@ class Config:
         validate_choices(self)
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        for name in ("steps", "batch_size", "sample_steps", "per_class", "eval_samples_per_class", "bpd_images"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, "steps", "batch_size", "sample_steps", "per_class", "eval_samples_per_class", "bpd_images")
 
     def smoke(self) -> "Config":
         return dataclasses.replace(

@@ -40,18 +40,27 @@ def _per_example(out: dict) -> jax.Array:
     return pe
 
 
+def _masked_mean(values, out):
+    """Mean over the batch, or over the examples with ``out["mask"] == 1`` when a mask is given
+    (fixed-shape batches padded at the end of an epoch)."""
+    if "mask" not in out:
+        return jnp.mean(values)
+    m = jax.lax.stop_gradient(out["mask"]).astype(values.dtype)
+    return jnp.sum(values * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
 def mean() -> LossTransform:
     """The pretraining objective: the batch mean of the per-example losses."""
 
     def apply(out, state, step):
         del step
-        return jnp.mean(_per_example(out)), state, {}
+        return _masked_mean(_per_example(out), out), state, {}
 
     return LossTransform(lambda: (), apply)
 
 
 def weighted(key: str = "weight") -> LossTransform:
-    """sum_i w_i l_i / B with per-example weights ``out[key]`` treated as constants.
+    """mean_i w_i l_i with per-example weights ``out[key]`` treated as constants.
 
     With all weights equal to 1 this is exactly ``mean()``, gradients included; this is the
     base of advantage- and reward-weighted objectives.
@@ -65,6 +74,6 @@ def weighted(key: str = "weight") -> LossTransform:
         w = jax.lax.stop_gradient(out[key]).astype(pe.dtype)
         if w.shape != pe.shape:
             raise ValueError(f"weights out[{key!r}] have shape {w.shape}, per-example losses {pe.shape}")
-        return jnp.sum(w * pe) / pe.shape[0], state, {"mean_weight": jnp.mean(w)}
+        return _masked_mean(w * pe, out), state, {"mean_weight": _masked_mean(w, out)}
 
     return LossTransform(lambda: (), apply)

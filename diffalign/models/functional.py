@@ -9,12 +9,13 @@ def functional(model: nnx.Module):
     """Split ``model`` once into (apply_fn, params).
 
     ``params`` is the pytree of ``nnx.Param`` leaves that training updates;
-    ``apply_fn(params, x, t, y=None)`` merges them back inside the traced function (free at
-    run time). Any non-parameter state is held fixed in the closure.
+    ``apply_fn(params, *args)`` calls the module on ``args`` (for the score networks
+    ``(x, t, y)``, for GDSS's graph networks ``(x, adj, flags)``), merging the parameters back
+    inside the traced function (free at run time). Non-parameter state is fixed in the closure.
     """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-    def apply_fn(params, x, t, y=None):
-        return nnx.merge(graphdef, params, rest)(x, t, y)
+    def apply_fn(params, *args, **kwargs):
+        return nnx.merge(graphdef, params, rest)(*args, **kwargs)
 
     return apply_fn, params

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AffinePath:
     """x_t = alpha(t) x0 + sigma(t) x1 on [t_min, t_max]; subclasses define ``coeffs``.
 
@@ -99,7 +99,7 @@ def bcast(c: jax.Array, x: jax.Array) -> jax.Array:
     return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class LinearPath(AffinePath):
     """Rectified flow / conditional flow matching path: alpha = 1 - t, sigma = t.
 
@@ -112,7 +112,7 @@ class LinearPath(AffinePath):
         return 1.0 - t, t
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class CosinePath(AffinePath):
     """Trigonometric variance-preserving interpolant: alpha = cos(pi t / 2), sigma = sin(pi t / 2).
 

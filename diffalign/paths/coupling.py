@@ -32,7 +32,9 @@ COUPLINGS = ("independent", "exact_ot", "sinkhorn", "paired")
 
 @functools.lru_cache(maxsize=1)
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="diffalign-ot")
+    """Host threads for exact OT plans: DIFFALIGN_HOST_THREADS, or one per core."""
+    n = int(os.environ.get("DIFFALIGN_HOST_THREADS", os.cpu_count() or 1))
+    return ThreadPoolExecutor(max_workers=max(n, 1), thread_name_prefix="diffalign-ot")
 
 
 def _solve_permutation(a: np.ndarray, b: np.ndarray) -> np.ndarray:

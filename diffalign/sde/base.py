@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from ..paths.base import AffinePath, bcast
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SDE(AffinePath):
     """Abstract forward SDE on [t_min, t_max] with Gaussian marginals (t = 0 is data)."""
 

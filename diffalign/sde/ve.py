@@ -12,7 +12,7 @@ from .registry import register_sde
 
 
 @register_sde("ve")
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class VESDE(SDE):
     """dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dW, sigma(t) = sigma_min (sigma_max/sigma_min)^t.
 

@@ -11,7 +11,7 @@ from .base import SDE
 from .registry import register_sde
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class _LinearBetaSDE(SDE):
     beta_min: float = 0.1
     beta_max: float = 20.0
@@ -42,7 +42,7 @@ class _LinearBetaSDE(SDE):
 
 
 @register_sde("vp")
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class VPSDE(_LinearBetaSDE):
     """dx = -beta(t) x / 2 dt + sqrt(beta(t)) dW, beta linear from beta_min to beta_max.
 
@@ -59,7 +59,7 @@ class VPSDE(_LinearBetaSDE):
 
 
 @register_sde("subvp")
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SubVPSDE(_LinearBetaSDE):
     """dx = -beta x / 2 dt + sqrt(beta(t) (1 - exp(-2 int_0^t beta))) dW.
 

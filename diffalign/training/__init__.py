@@ -7,6 +7,6 @@ from .loop import (
     config_differences as config_differences,
     train as train,
 )
-from .optim import make_optimizer as make_optimizer
+from .optim import make_optimizer as make_optimizer, per_module as per_module
 from .state import TrainState as TrainState, init_train_state as init_train_state
 from .step import ema_decay_at as ema_decay_at, make_multi_step as make_multi_step, make_train_step as make_train_step

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import optax
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
@@ -18,6 +19,7 @@ def make_optimizer(
     decay_rate: float = 1.0,
     decay_steps: int = 1,
     weight_decay: float = 0.0,
+    l2: float = 0.0,
     clip_norm: float | None = None,
     b1: float = 0.9,
     b2: float = 0.999,
@@ -26,7 +28,9 @@ def make_optimizer(
     """clip_by_global_norm (optional) then Adam/AdamW with a learning-rate schedule.
 
     Schedules: "constant"; "cosine" to 0 over ``num_steps``; "warmup_cosine" (linear warm-up
-    for ``warmup_steps``); "exponential": lr * decay_rate ** (step / decay_steps) (staircase).
+    for ``warmup_steps``); "exponential": lr * decay_rate ** floor(step / decay_steps).
+    ``weight_decay`` is AdamW's decoupled decay; ``l2`` is PyTorch Adam's ``weight_decay``
+    (l2 * params added to the clipped gradient before Adam), as GDSS trains.
     """
     if lr <= 0:
         raise ValueError(f"learning rate must be positive, got {lr}")
@@ -47,11 +51,26 @@ def make_optimizer(
     if name == "adam":
         opt = optax.adam(sched, b1=b1, b2=b2, eps=eps)
         if weight_decay:
-            raise ValueError("weight_decay with plain Adam is ambiguous here: use name='adamw'")
+            raise ValueError("weight_decay with plain Adam is ambiguous: use name='adamw' (decoupled) or l2=")
     else:
         opt = optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    if l2:
+        opt = optax.chain(optax.add_decayed_weights(l2), opt)
     if clip_norm is not None:
         if clip_norm <= 0:
             raise ValueError(f"clip_norm must be positive, got {clip_norm}")
         opt = optax.chain(optax.clip_by_global_norm(clip_norm), opt)
     return opt
+
+
+def per_module(optimizer: optax.GradientTransformation, keys) -> optax.GradientTransformation:
+    """The same optimizer applied separately to each top-level entry of a params dict, so
+    clipping norms and states are per module (GDSS clips its two networks separately)."""
+    keys = tuple(keys)
+
+    def labels(params):
+        if set(params) != set(keys):
+            raise ValueError(f"params have modules {sorted(params)}, expected {sorted(keys)}")
+        return {k: jax.tree.map(lambda _, k=k: k, v) for k, v in params.items()}
+
+    return optax.multi_transform({k: optimizer for k in keys}, labels)

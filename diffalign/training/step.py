@@ -44,11 +44,11 @@ def make_train_step(
     def objective(params, batch, key, tstate, step):
         out = loss_fn(params, batch, key)
         loss, tstate, tmetrics = transform.apply(out, tstate, step)
-        return loss, (tstate, tmetrics)
+        return loss, (tstate, tmetrics, out)
 
     def step_fn(state: TrainState, batch):
         key = jax.random.fold_in(state.key, state.step)
-        (loss, (tstate, tmetrics)), grads = jax.value_and_grad(objective, has_aux=True)(
+        (loss, (tstate, tmetrics, out)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params, batch, key, state.transform_state, state.step
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -63,10 +63,24 @@ def make_train_step(
             params=params, opt_state=opt_state, ema_params=ema, step=state.step + 1, transform_state=tstate
         )
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite": ~finite, **tmetrics}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite": ~finite, **tmetrics, **_loss_terms(out)}
         return new, metrics
 
     return step_fn
+
+
+def _loss_terms(out: dict) -> dict:
+    """Batch means of the loss's named terms (keys starting with "loss_"), for the logs."""
+    terms = {}
+    for k, v in out.items():
+        if k.startswith("loss_"):
+            v = jax.lax.stop_gradient(v)
+            if "mask" in out:
+                m = out["mask"].astype(v.dtype)
+                terms[k] = jnp.sum(v * m) / jnp.maximum(jnp.sum(m), 1.0)
+            else:
+                terms[k] = jnp.mean(v)
+    return terms
 
 
 def make_multi_step(
