@@ -1,0 +1,132 @@
+"""GDSS end to end: networks from a data set's config, batches, the train step, sampling, decoding."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ..models import functional
+from ..training import make_optimizer, make_train_step, per_module
+from .configs import GDSSConfig
+from .data import EdgeLists
+from .networks import ScoreNetworkA, ScoreNetworkX
+from .sampling import sample_graphs
+from .system import GraphSDE, gdss_loss, score_from_output
+
+
+@dataclasses.dataclass(frozen=True)
+class GDSSModel:
+    """The two networks of a config as pure functions, and their initial parameters."""
+
+    config: GDSSConfig
+    apply_x: object
+    apply_a: object
+    params: dict
+
+    @property
+    def gsde(self) -> GraphSDE:
+        return self.config.graph_sde()
+
+
+def build_model(cfg: GDSSConfig, seed: int) -> GDSSModel:
+    rngs = nnx.Rngs(seed)
+    netx = ScoreNetworkX(cfg.max_feat, cfg.x_depth, cfg.x_nhid, rngs=rngs)
+    neta = ScoreNetworkA(cfg.max_feat, cfg.a_nhid, cfg.a_layers, cfg.a_linears, cfg.c_init, cfg.c_hid,
+                         cfg.c_final, cfg.adim, cfg.heads, rngs=rngs)
+    apply_x, px = functional(netx)
+    apply_a, pa = functional(neta)
+    return GDSSModel(cfg, apply_x, apply_a, {"x": px, "a": pa})
+
+
+def steps_per_epoch(num_graphs: int, batch_size: int) -> int:
+    return math.ceil(num_graphs / batch_size)
+
+
+def make_batch_fn(x: np.ndarray, adj: np.ndarray, batch_size: int, seed: int):
+    """Pure ``batch_fn(step)``: epochs of shuffled batches without replacement, as a data loader
+    with ``drop_last=False`` gives them. Batches have a fixed shape ``min(batch_size, G)``; the
+    last of an epoch is padded and its padding is masked out of the loss (``batch["mask"]``).
+    """
+    g = x.shape[0]
+    b = min(batch_size, g)
+    spe = steps_per_epoch(g, b)
+    xs, adjs = jnp.asarray(x), jnp.asarray(adj)
+    base = jax.random.key(seed)
+
+    def batch_fn(step):
+        epoch, i = step // spe, step % spe
+        perm = jax.random.permutation(jax.random.fold_in(base, epoch), g)
+        pos = i * b + jnp.arange(b)
+        idx = perm[jnp.minimum(pos, g - 1)]
+        return {"x": xs[idx], "adj": adjs[idx], "mask": (pos < g).astype(xs.dtype)}
+
+    return batch_fn
+
+
+def make_step(model: GDSSModel, num_graphs: int):
+    """GDSS's optimisation: per network, clip to norm 1, L2 1e-4 (PyTorch Adam), Adam, lr decayed
+    by 0.999 per epoch; EMA 0.999 with warm-up min(0.999, (1+n)/(10+n))."""
+    cfg = model.config
+    spe = steps_per_epoch(num_graphs, min(cfg.batch_size, num_graphs))
+    opt = per_module(
+        make_optimizer(cfg.lr, schedule="exponential", decay_rate=cfg.lr_decay, decay_steps=spe,
+                       l2=cfg.weight_decay, clip_norm=cfg.grad_clip),
+        ("x", "a"),
+    )
+    step = make_train_step(gdss_loss(model.gsde, model.apply_x, model.apply_a), opt, ema_decay=cfg.ema,
+                           ema_warmup=True)
+    return opt, step
+
+
+def score_fns(model: GDSSModel, params: dict):
+    gsde = model.gsde
+
+    def score_x(x, adj, flags, t):
+        return score_from_output(gsde.sde_x, model.apply_x(params["x"], x, adj, flags), t)
+
+    def score_a(x, adj, flags, t):
+        return score_from_output(gsde.sde_a, model.apply_a(params["a"], x, adj, flags), t)
+
+    return score_x, score_a
+
+
+def sample_flags(key, train_flags: np.ndarray, n: int):
+    """Node flags of ``n`` training graphs drawn uniformly with replacement (GDSS ``init_flags``)."""
+    idx = jax.random.randint(key, (n,), 0, train_flags.shape[0])
+    return jnp.asarray(train_flags)[idx]
+
+
+def sampler(model: GDSSModel, params: dict, *, solver=None, predictor=None, corrector=None, snr=None,
+            scale_eps=None, num_scales=None):
+    """A jitted ``f(key, flags) -> (X, A)`` with the config's sampler (keyword overrides)."""
+    cfg = model.config
+    gsde = model.gsde if num_scales is None else dataclasses.replace(model.gsde, num_scales=num_scales)
+    sx, sa = score_fns(model, params)
+    kw = dict(
+        solver=solver or cfg.solver, predictor=predictor or cfg.predictor, corrector=corrector or cfg.corrector,
+        snr=cfg.snr if snr is None else snr, scale_eps=cfg.scale_eps if scale_eps is None else scale_eps,
+    )
+    return jax.jit(lambda key, flags: sample_graphs(key, gsde, sx, sa, flags, cfg.max_feat, **kw))
+
+
+def quantize_generic(adj: np.ndarray, flags: np.ndarray) -> EdgeLists:
+    """A >= 0.5 -> edges; self-loops and isolated nodes dropped; an empty graph becomes one node."""
+    adj = np.asarray(adj)
+    flags = np.asarray(flags) > 0.5
+    nums, edges = [], []
+    for a, f in zip(adj, flags):
+        keep = np.where(f)[0]
+        sub = a[np.ix_(keep, keep)] >= 0.5
+        np.fill_diagonal(sub, False)
+        iu, ju = np.nonzero(np.triu(sub, 1))
+        nodes = np.unique(np.concatenate([iu, ju]))
+        remap = -np.ones(len(keep), np.int64)
+        remap[nodes] = np.arange(len(nodes))
+        nums.append(max(len(nodes), 1))
+        edges.append(np.stack([remap[iu], remap[ju]], 1) if len(iu) else np.zeros((0, 2), np.int64))
+    return EdgeLists(np.asarray(nums), tuple(edges), 0)

@@ -1,0 +1,112 @@
+"""The GDSS system of SDEs on node features X and adjacency A, its score parametrisation and loss.
+
+Jo, Lee & Hwang, "Score-based Generative Modeling of Graphs via the System of Stochastic
+Differential Equations", ICML 2022. Two forward SDEs share one time t:
+
+    dX = f_X(X, t) dt + g_X(t) dW_X,        dA = f_A(A, t) dt + g_A(t) dW_A,
+
+with A's noise symmetric with a zero diagonal, and every noise and perturbed input masked
+by the node flags. The score networks take no time input: for a VP (or sub-VP) component
+the score is -net / sigma_t, for a VE component the network output itself. The loss per
+graph is 1/2 sum over entries of (sigma_t s + z)^2 for each component, the same t for both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from ..sde import SDE, VESDE
+from .networks import mask_adj, mask_x
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphSDE:
+    """The pair of SDEs and GDSS's discretisation settings.
+
+    Attributes:
+      sde_x, sde_a: the SDEs on X and on A.
+      num_scales: N, the number of reverse steps (and of the discrete DDPM/SMLD schedules).
+      train_eps: smallest training time (t ~ U(train_eps, 1)).
+      sample_eps: last time of the sampling grid linspace(1, sample_eps, N).
+    """
+
+    sde_x: SDE
+    sde_a: SDE
+    num_scales: int = 1000
+    train_eps: float = 1e-5
+    sample_eps: float = 1e-4
+
+    def __post_init__(self):
+        if self.num_scales < 2:
+            raise ValueError(f"num_scales must be >= 2, got {self.num_scales}")
+
+
+def node_flags(adj):
+    """A node is real iff its row of the clean adjacency is non-zero (GDSS's ``node_flags``)."""
+    return (jnp.abs(adj).sum(-1) > 1e-5).astype(adj.dtype)
+
+
+def x_noise(key, shape, flags, dtype=jnp.float32):
+    return mask_x(jax.random.normal(key, shape, dtype), flags)
+
+
+def sym_noise(key, shape, flags, dtype=jnp.float32):
+    """Symmetric standard normal noise with a zero diagonal, masked by the flags."""
+    z = jnp.triu(jax.random.normal(key, shape, dtype), 1)
+    return mask_adj(z + jnp.swapaxes(z, -1, -2), flags)
+
+
+def _b(v, x):
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def score_from_output(sde: SDE, out, t):
+    """GDSS's parametrisation: VE -> the output itself; VP and sub-VP -> -output / sigma_t."""
+    if isinstance(sde, VESDE):
+        return out
+    return -out / _b(sde.coeffs(t)[1], out)
+
+
+def perturb(gsde: GraphSDE, key, x0, a0, flags, t):
+    """(X_t, A_t, z_X, z_A): masked perturbations of a clean batch at per-graph times t."""
+    kx, ka = jax.random.split(key)
+    zx = x_noise(kx, x0.shape, flags, x0.dtype)
+    za = sym_noise(ka, a0.shape, flags, a0.dtype)
+    ax, sx = gsde.sde_x.coeffs(t)
+    aa, sa = gsde.sde_a.coeffs(t)
+    xt = mask_x(_b(ax, x0) * x0 + _b(sx, x0) * zx, flags)
+    at = mask_adj(_b(aa, a0) * a0 + _b(sa, a0) * za, flags)
+    return xt, at, zx, za
+
+
+def gdss_loss(gsde: GraphSDE, apply_x: Callable, apply_a: Callable) -> Callable:
+    """``loss_fn(params, batch, key)`` for params ``{"x": ..., "a": ...}`` and a batch
+    ``{"x": (B, N, F), "adj": (B, N, N)[, "mask": (B,)]}``.
+
+    Returns per-graph ``loss_x``, ``loss_a`` and their sum ``per_example``: each network's
+    parameters only enter its own term, so one gradient of the sum trains both exactly as
+    GDSS's two separate backward passes do.
+    """
+
+    def loss_fn(params, batch, key):
+        x0, a0 = batch["x"], batch["adj"]
+        flags = node_flags(a0)
+        kt, kn = jax.random.split(key)
+        t = jax.random.uniform(kt, (x0.shape[0],), x0.dtype, gsde.train_eps, 1.0)
+        xt, at, zx, za = perturb(gsde, kn, x0, a0, flags, t)
+        sx = score_from_output(gsde.sde_x, apply_x(params["x"], xt, at, flags), t)
+        sa = score_from_output(gsde.sde_a, apply_a(params["a"], xt, at, flags), t)
+        rx = _b(gsde.sde_x.coeffs(t)[1], sx) * sx + zx
+        ra = _b(gsde.sde_a.coeffs(t)[1], sa) * sa + za
+        lx = 0.5 * jnp.sum(rx.reshape(rx.shape[0], -1) ** 2, -1)
+        la = 0.5 * jnp.sum(ra.reshape(ra.shape[0], -1) ** 2, -1)
+        out = {"per_example": lx + la, "loss_x": lx, "loss_a": la, "t": t}
+        if "mask" in batch:
+            out["mask"] = batch["mask"]
+        return out
+
+    return loss_fn

@@ -1,0 +1,195 @@
+"""GDSS: networks, the system's noise and loss, orbit counts, MMDs against the reference evaluator."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import networkx as nx
+import numpy as np
+import pytest
+from flax import nnx
+
+from diffalign.graphs import data as gdata
+from diffalign.graphs.configs import CONFIGS, get_config
+from diffalign.graphs.gdss import build_model, make_batch_fn, quantize_generic
+from diffalign.graphs.metrics import gaussian_emd_gram, graph_mmds
+from diffalign.graphs.networks import ScoreNetworkA, ScoreNetworkX, count_params
+from diffalign.graphs.orbits import orbit_counts, orbit_counts_brute_force
+from diffalign.graphs.sampling import sample_graphs
+from diffalign.graphs.system import GraphSDE, gdss_loss, node_flags, perturb, sym_noise
+from diffalign.models import functional
+from diffalign.sde import VESDE, VPSDE
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def random_graph_batch(key, b=3, n=9, f=5, real=(9, 6, 4)):
+    kx, ka = jax.random.split(key)
+    flags = (jnp.arange(n)[None, :] < jnp.asarray(real)[:, None]).astype(jnp.float32)
+    x = jax.random.normal(kx, (b, n, f)) * flags[..., None]
+    a = sym_noise(ka, (b, n, n), flags)
+    return x, a, flags
+
+
+def small_nets(f=5):
+    rngs = nnx.Rngs(0)
+    return ScoreNetworkX(f, 2, 8, rngs=rngs), ScoreNetworkA(f, 8, 3, 2, 2, 4, 3, 8, 2, rngs=rngs)
+
+
+def test_networks_are_permutation_equivariant_and_masked():
+    netx, neta = small_nets()
+    x, a, flags = random_graph_batch(jax.random.key(0))
+    perm = jax.random.permutation(jax.random.key(1), 9)
+    ox, oa = netx(x, a, flags), neta(x, a, flags)
+    px, pa, pf = x[:, perm], a[:, perm][:, :, perm], flags[:, perm]
+    np.testing.assert_allclose(netx(px, pa, pf), ox[:, perm], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(neta(px, pa, pf), oa[:, perm][:, :, perm], rtol=1e-4, atol=1e-5)
+    # the A-network's output is symmetric, zero on the diagonal and on padded rows and columns
+    np.testing.assert_allclose(oa, jnp.swapaxes(oa, 1, 2), atol=1e-6)
+    assert float(jnp.abs(jnp.diagonal(oa, axis1=1, axis2=2)).max()) == 0.0
+    pad = 1 - flags
+    assert float(jnp.abs(oa * pad[:, :, None]).max()) == 0.0 and float(jnp.abs(ox * pad[..., None]).max()) == 0.0
+    # padding does not change the real nodes' outputs
+    x2, a2 = jnp.pad(x, ((0, 0), (0, 4), (0, 0))), jnp.pad(a, ((0, 0), (0, 4), (0, 4)))
+    f2 = jnp.pad(flags, ((0, 0), (0, 4)))
+    np.testing.assert_allclose(neta(x2, a2, f2)[:, :9, :9], oa, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(netx(x2, a2, f2)[:, :9], ox, rtol=1e-4, atol=1e-5)
+
+
+def test_parameter_counts_match_the_released_checkpoints():
+    expected = {"community_small": (72_434, 134_369), "ego_small": (44_093, 135_713), "ENZYMES": (182_066, 204_113),
+                "QM9": (8_564, 23_825), "ZINC250k": (11_429, 62_873)}
+    for name, (cx, ca) in expected.items():
+        m = build_model(get_config(name), 0)
+        assert (count_params(m.params["x"]), count_params(m.params["a"])) == (cx, ca), name
+
+
+def test_noise_and_perturbation_are_symmetric_and_masked():
+    x, a, flags = random_graph_batch(jax.random.key(2))
+    z = sym_noise(jax.random.key(3), a.shape, flags)
+    np.testing.assert_array_equal(z, jnp.swapaxes(z, 1, 2))
+    assert float(jnp.abs(jnp.diagonal(z, axis1=1, axis2=2)).max()) == 0.0
+    gsde = GraphSDE(VPSDE(beta_min=0.1, beta_max=1.0), VESDE(sigma_min=0.2, sigma_max=1.0))
+    xt, at, zx, za = perturb(gsde, jax.random.key(4), x, a, flags, jnp.full((3,), 0.7))
+    pad = 1 - flags
+    for v in (xt, zx):
+        assert float(jnp.abs(v * pad[..., None]).max()) == 0.0
+    for v in (at, za):
+        assert float(jnp.abs(v * pad[:, :, None]).max()) == 0.0
+        np.testing.assert_allclose(v, jnp.swapaxes(v, 1, 2), atol=1e-6)
+    np.testing.assert_array_equal(node_flags(a), flags)
+
+
+def test_loss_at_the_optimum_of_a_gaussian_toy():
+    """VE with sigma nearly constant: the optimal VE 'score' is -x / (s^2 + sigma^2) for zero-mean
+    Gaussian entries of variance s^2, and the loss there is 1/2 s^2 / (s^2 + sigma^2) per entry."""
+    s, sig, n, f, b = 0.8, 0.5, 6, 3, 4000
+    gsde = GraphSDE(VESDE(sigma_min=sig, sigma_max=sig * 1.0001), VESDE(sigma_min=sig, sigma_max=sig * 1.0001))
+    k1, k2 = jax.random.split(jax.random.key(5))
+    flags = jnp.ones((b, n))
+    x0 = s * jax.random.normal(k1, (b, n, f))
+    a0 = s * sym_noise(k2, (b, n, n), flags)
+
+    def apply(scale, x, adj, flags):
+        return -scale * x / (s**2 + sig**2)
+
+    loss = gdss_loss(gsde, lambda p, x, a, fl: apply(p, x, a, fl), lambda p, x, a, fl: apply(p, a, a, fl))
+    out = loss({"x": 1.0, "a": 1.0}, {"x": x0, "adj": a0}, jax.random.key(6))
+    per_entry = 0.5 * s**2 / (s**2 + sig**2)
+    np.testing.assert_allclose(float(out["loss_x"].mean()), per_entry * n * f, rtol=0.02)
+    np.testing.assert_allclose(float(out["loss_a"].mean()), per_entry * n * (n - 1), rtol=0.02)
+    grad = jax.grad(lambda p: loss(p, {"x": x0, "adj": a0}, jax.random.key(6))["per_example"].mean())
+    g = grad({"x": 1.0, "a": 1.0})
+    assert abs(g["x"]) < 0.05 * per_entry * n * f and abs(g["a"]) < 0.05 * per_entry * n * (n - 1)
+
+
+def test_orbit_counts_equal_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        n = int(rng.integers(2, 11))
+        p = rng.uniform(0.1, 0.9)
+        e = [(i, j) for i in range(n) for j in range(i + 1, n) if rng.random() < p]
+        np.testing.assert_array_equal(orbit_counts(n, e), orbit_counts_brute_force(n, e))
+    # named graphlets: K4 puts every node in orbit 14 once; a 4-cycle in orbit 8; a star's centre in 7
+    np.testing.assert_array_equal(orbit_counts(4, list(nx.complete_graph(4).edges()))[:, 14], [1, 1, 1, 1])
+    np.testing.assert_array_equal(orbit_counts(4, list(nx.cycle_graph(4).edges()))[:, 8], [1, 1, 1, 1])
+    star = orbit_counts(4, [(0, 1), (0, 2), (0, 3)])
+    assert star[0, 7] == 1 and list(star[1:, 6]) == [1, 1, 1]
+
+
+def test_emd_kernel_equals_a_reference_emd():
+    ot = pytest.importorskip("ot")
+    rng = np.random.default_rng(1)
+    for scale, sigma in ((1.0, 1.0), (100.0, 0.1)):
+        x = rng.random((4, 12))
+        y = rng.random((3, 12))
+        x /= x.sum(1, keepdims=True)
+        y /= y.sum(1, keepdims=True)
+        ground = np.abs(np.arange(12)[:, None] - np.arange(12)[None, :]) / scale
+        emd = np.array([[ot.emd2(a, b, ground) for b in y] for a in x])
+        np.testing.assert_allclose(gaussian_emd_gram(x, y, sigma, scale), np.exp(-emd**2 / (2 * sigma**2)), rtol=1e-6)
+
+
+def test_mmds_match_the_reference_evaluator_on_enzymes():
+    """The reference evaluator's numbers for ENZYMES train graphs [117:234] against its test set."""
+    g = gdata.read_edge_lists(os.path.join(DATA, "graphs", "ENZYMES.npz"))
+    m = graph_mmds(g.subset(range(117)), g.subset(range(117, 234)))
+    np.testing.assert_allclose(m["degree"], 0.0118066, rtol=1e-3)
+    np.testing.assert_allclose(m["clustering"], 0.0873168, rtol=1e-3)
+    np.testing.assert_allclose(m["orbit"], 0.0174581, rtol=1e-3)
+
+
+def test_data_loading_batches_and_quantisation(tmp_path):
+    train, test = gdata.load_generic("community_small", DATA)
+    assert (len(train), len(test)) == (80, 20)
+    cfg = get_config("community_small")
+    x, a, flags = gdata.to_dense(train, cfg.max_nodes, cfg.max_feat)
+    np.testing.assert_array_equal(x.sum(-1), flags)  # one-hot degree on real nodes only
+    np.testing.assert_array_equal(a.sum(-1), np.argmax(x, -1) * flags)
+    bf = make_batch_fn(x, a, 128, 0)
+    b0 = bf(0)
+    assert b0["x"].shape == (80, 20, 10) and float(b0["mask"].sum()) == 80  # one batch of all graphs
+    ego_train, _ = gdata.load_generic("ego_small", DATA)
+    ex, ea, _ = gdata.to_dense(ego_train, 18, 17)
+    eb = make_batch_fn(ex, ea, 128, 0)
+    assert float(eb(0)["mask"].sum()) == 128 and float(eb(1)["mask"].sum()) == 32  # 160 = 128 + 32
+    # round trip: dense clean graphs quantise back to the same edge lists
+    q = quantize_generic(a, flags)
+    path = gdata.write_edge_lists(str(tmp_path / "g.npz"), q)
+    back = gdata.read_edge_lists(path)
+    assert graph_mmds(train, back)["degree"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="unknown graph data set"):
+        gdata.load_generic("planar", DATA)
+    with pytest.raises(ValueError, match="not an edge-list file"):
+        np.savez(tmp_path / "bad.npz", foo=np.zeros(3))
+        gdata.read_edge_lists(str(tmp_path / "bad.npz"))
+    with pytest.raises(ValueError, match="more than the padding size"):
+        gdata.to_dense(train, 5, 10)
+
+
+@pytest.mark.parametrize("solver,predictor,corrector", [("pc", "euler", "langevin"), ("pc", "reverse", "none"),
+                                                        ("s4", "euler", "langevin")])
+def test_samplers_keep_symmetry_and_masks(solver, predictor, corrector):
+    netx, neta = small_nets()
+    ax, px = functional(netx)
+    aa, pa = functional(neta)
+    gsde = GraphSDE(VPSDE(beta_min=0.1, beta_max=1.0), VESDE(sigma_min=0.2, sigma_max=1.0), num_scales=20)
+    _, _, flags = random_graph_batch(jax.random.key(7))
+
+    def sx(x, adj, fl, t):
+        return ax(px, x, adj, fl)
+
+    def sa(x, adj, fl, t):
+        return aa(pa, x, adj, fl)
+
+    x, a = jax.jit(lambda k: sample_graphs(k, gsde, sx, sa, flags, 5, solver=solver, predictor=predictor,
+                                           corrector=corrector, snr=0.1, scale_eps=0.7))(jax.random.key(8))
+    assert np.isfinite(np.asarray(a)).all()
+    np.testing.assert_allclose(a, jnp.swapaxes(a, 1, 2), atol=1e-5)
+    pad = 1 - flags
+    assert float(jnp.abs(a * pad[:, :, None]).max()) == 0.0 and float(jnp.abs(x * pad[..., None]).max()) == 0.0
+
+
+def test_configs_are_complete():
+    assert set(CONFIGS) == {"community_small", "ego_small", "ENZYMES", "grid", "QM9", "ZINC250k"}
+    assert get_config("ENZYMES").solver == "s4" and get_config("grid").predictor == "reverse"
