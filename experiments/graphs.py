@@ -23,7 +23,16 @@ import numpy as np
 
 from diffalign.graphs import data as gdata
 from diffalign.graphs.configs import CONFIGS, get_config
-from diffalign.graphs.gdss import build_model, make_batch_fn, make_step, quantize_generic, sample_flags, sampler, steps_per_epoch
+from diffalign.graphs.gdss import (
+    build_model,
+    make_batch_fn,
+    make_molecule_batch_fn,
+    make_step,
+    quantize_generic,
+    sample_flags,
+    sampler,
+    steps_per_epoch,
+)
 from diffalign.graphs.metrics import graph_mmds
 from diffalign.graphs.sampling import CORRECTORS, PREDICTORS, SOLVERS, evaluations_per_step
 from diffalign.training import init_train_state, train
@@ -59,8 +68,12 @@ class TrainConfig:
             raise ValueError("epochs and num_samples must be >= 0")
 
     def smoke(self):
-        return dataclasses.replace(self, epochs=4, num_scales=40, sample_seeds=(0,), log_every_epochs=2,
-                                   checkpoint_every_epochs=4)
+        generic = get_config(self.dataset).kind == "generic"
+        epochs = 4 if generic else 1
+        return dataclasses.replace(
+            self, epochs=epochs, num_scales=40, sample_seeds=(0,), log_every_epochs=1, checkpoint_every_epochs=epochs,
+            num_samples=self.num_samples or (0 if generic else 200),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,32 +115,123 @@ def _dense(graphs, cfg):
     return gdata.to_dense(graphs, cfg.max_nodes, cfg.max_feat)
 
 
-def _sample_and_score(model, params, train_flags, test, cfg, seeds, n, out, overrides, timer):
+class _Generic:
+    """Generic graphs: dense one-hot-degree batches, MMDs of degree / clustering / orbits."""
+
+    keys = ("degree", "clustering", "orbit")
+
+    def __init__(self, name, cfg, data_dir):
+        self.cfg = cfg
+        train_graphs, self.test = gdata.load_generic(name, data_dir)
+        self.x, self.adj, self.flags = _dense(train_graphs, cfg)
+        self.num_train = len(self.x)
+        self.default_samples = len(self.test)
+
+    def batch_fn(self, seed):
+        return make_batch_fn(self.x, self.adj, self.cfg.batch_size, seed)
+
+    def save_and_score(self, x, adj, flags, out, tag, first):
+        graphs = quantize_generic(adj, flags)
+        gdata.write_edge_lists(os.path.join(out, f"samples_{tag}.npz"), graphs)
+        if first:
+            gdata.write_edge_lists(os.path.join(out, "samples.npz"), graphs)
+        return graph_mmds(self.test, graphs)
+
+    def score_file(self, path):
+        generated = gdata.read_edge_lists(path)
+        m = graph_mmds(self.test, generated)
+        m.update(num_generated=len(generated), num_reference=len(self.test))
+        return m
+
+
+class _Molecules:
+    """Molecules: atom-type / bond-order batches; validity, uniqueness, novelty, NSPDK, FCD."""
+
+    keys = ("validity_wo_correction", "uniqueness", "novelty", "nspdk", "fcd")
+
+    def __init__(self, name, cfg, data_dir):
+        from diffalign.graphs import molecules as M
+
+        self.M, self.name, self.cfg = M, name, cfg
+        self.types, self.bonds, self.train_smiles, self.test_smiles = M.load_encoded(name, data_dir)
+        self.flags = (self.bonds != 0).any(-1).astype(np.float32)
+        self.num_train = len(self.types)
+        self.default_samples = 10_000
+        self._train_can = None
+        self._test_graphs = None
+
+    def batch_fn(self, seed):
+        return make_molecule_batch_fn(self.types, self.bonds, self.cfg.max_feat, self.cfg.batch_size, seed)
+
+    def save_and_score(self, x, adj, flags, out, tag, first):
+        dec = self.M.decode(np.asarray(x), np.asarray(adj), self.name)
+        lines = "\n".join(s or "" for s in dec.smiles) + "\n"
+        with open(os.path.join(out, f"samples_{tag}.smi"), "w") as f:
+            f.write(lines)
+        if first:
+            with open(os.path.join(out, "samples.smi"), "w") as f:
+                f.write(lines)
+        return self._score(dec.smiles, dec.valid_without_correction)
+
+    def score_file(self, path):
+        with open(path) as f:
+            smiles = [line.strip() for line in f]
+        m = self._score(smiles, None)
+        m.update(num_generated=len(smiles), num_reference=len(self.test_smiles))
+        return m
+
+    def _score(self, smiles, valid_wo):
+        from diffalign.graphs.nspdk import mol_to_graph, nspdk_mmd
+        from rdkit import Chem
+
+        if self._train_can is None:
+            self._train_can = set(s for s in self.M.canonical(self.train_smiles) if s)
+            self._test_graphs = [mol_to_graph(Chem.MolFromSmiles(s)) for s in self.test_smiles]
+        m = self.M.validity_uniqueness_novelty(smiles, self._train_can, valid_wo)
+        if valid_wo is None:
+            m["validity_wo_correction"] = float("nan")  # unknown for SMILES from elsewhere
+        mols = [Chem.MolFromSmiles(s) for s in smiles if s]
+        mols = [mol for mol in mols if mol is not None]
+        m["nspdk"] = nspdk_mmd(self._test_graphs, [mol_to_graph(mol) for mol in mols]) if mols else float("nan")
+        m["fcd"] = self.M.fcd([Chem.MolToSmiles(mol) for mol in mols], self.test_smiles)
+        return m
+
+
+def _dataset(name, cfg, data_dir):
+    return (_Generic if cfg.kind == "generic" else _Molecules)(name, cfg, data_dir or None)
+
+
+def _sample_and_score(model, params, data, seeds, n, out, overrides, timer, batch: int = 2048):
     f = sampler(model, params, **overrides)
     per_seed = {}
     for s in seeds:
         key = jax.random.key(s)
-        flags = sample_flags(jax.random.fold_in(key, 0), train_flags, n)
-        with timer("sample"):
-            _, adj = f(jax.random.fold_in(key, 1), flags)
-            adj = np.asarray(jax.block_until_ready(adj))
-        graphs = quantize_generic(adj, np.asarray(flags))
-        gdata.write_edge_lists(os.path.join(out, f"samples_seed{s}.npz"), graphs)
-        if s == seeds[0]:
-            gdata.write_edge_lists(os.path.join(out, "samples.npz"), graphs)
+        xs, adjs, fls = [], [], []
+        for start in range(0, n, batch):
+            k = jax.random.fold_in(key, start)
+            flags = sample_flags(jax.random.fold_in(k, 0), data.flags, min(batch, n - start))
+            with timer("sample"):
+                x, adj = f(jax.random.fold_in(k, 1), flags)
+                adj = np.asarray(jax.block_until_ready(adj))
+            xs.append(np.asarray(x))
+            adjs.append(adj)
+            fls.append(np.asarray(flags))
         with timer("evaluate"):
-            per_seed[s] = graph_mmds(test, graphs)
+            per_seed[s] = data.save_and_score(np.concatenate(xs), np.concatenate(adjs), np.concatenate(fls), out,
+                                              f"seed{s}", s == seeds[0])
         print(f"sampling seed {s}: " + " ".join(f"{k} {v:.4f}" for k, v in per_seed[s].items()))
     return per_seed
 
 
-def _summary(per_seed: dict) -> dict:
+def _summary(per_seed: dict, keys) -> dict:
     out = {}
-    for k in ("degree", "clustering", "orbit"):
-        vals = [m[k] for m in per_seed.values()]
-        out[k] = float(np.mean(vals))
-        out[f"{k}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-    out["average"] = float(np.mean([out["degree"], out["clustering"], out["orbit"]]))
+    for k in keys:
+        vals = [m[k] for m in per_seed.values() if k in m]
+        if vals:
+            out[k] = float(np.mean(vals))
+            out[f"{k}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    if "degree" in keys:
+        out["average"] = float(np.mean([out["degree"], out["clustering"], out["orbit"]]))
     out["per_seed"] = {str(s): m for s, m in per_seed.items()}
     return out
 
@@ -145,38 +249,36 @@ def train_run(c: TrainConfig, out: str, smoke: bool = False) -> dict:
     if smoke:
         c = c.smoke()
     cfg = get_config(c.dataset)
-    if cfg.kind != "generic":
-        raise ValueError(f"{c.dataset} is a molecule data set: molecules are trained by `graphs train-mol`")
     out = prepare_out(out)
     timer = Timer()
     t0 = time.perf_counter()
-    train_graphs, test = gdata.load_generic(c.dataset, c.data_dir or None)
-    x, adj, flags = _dense(train_graphs, cfg)
+    with timer("load_data"):
+        data = _dataset(c.dataset, cfg, c.data_dir)
     seed = cfg.train_seed if c.seed < 0 else c.seed
     model = build_model(cfg, seed)
-    opt, step = make_step(model, len(x))
-    spe = steps_per_epoch(len(x), min(cfg.batch_size, len(x)))
+    opt, step = make_step(model, data.num_train)
+    spe = steps_per_epoch(data.num_train, min(cfg.batch_size, data.num_train))
     epochs = c.epochs or cfg.epochs
     state = init_train_state(model.params, opt, jax.random.key(seed))
     with timer("train"):
         result = train(
-            state, step, make_batch_fn(x, adj, cfg.batch_size, seed + 1), num_steps=epochs * spe, workdir=out,
+            state, step, data.batch_fn(seed + 1), num_steps=epochs * spe, workdir=out,
             config={"dataset": c.dataset, "seed": seed, "gdss": dataclasses.asdict(cfg), "data": c.data_dir},
-            steps_per_call=spe * min(c.log_every_epochs, 50), log_every=spe * c.log_every_epochs,
+            steps_per_call=spe * min(c.log_every_epochs, max(1, 2000 // spe)), log_every=spe * c.log_every_epochs,
             checkpoint_every=spe * c.checkpoint_every_epochs,
         )
     st = result.state
     params = st.ema_params if _use_ema(c.use_ema, cfg) else st.params
-    n = c.num_samples or len(test)
-    per_seed = _sample_and_score(model, params, flags, test, cfg, c.sample_seeds, n, out, _overrides(c, cfg), timer)
-    metrics = _summary(per_seed)
+    n = c.num_samples or data.default_samples
+    per_seed = _sample_and_score(model, params, data, c.sample_seeds, n, out, _overrides(c, cfg), timer)
+    metrics = _summary(per_seed, data.keys)
     solver = c.solver or cfg.solver
     metrics.update(
         num_samples=n, train_steps=int(st.step), final_loss=result.summary["final_metrics"].get("loss"),
         train_steps_per_sec=result.summary["steps_per_sec"],
         nfe_per_graph=c.num_scales * evaluations_per_step(solver, c.corrector or cfg.corrector),
     )
-    write_json(os.path.join(out, "metrics.json"), {k: metrics[k] for k in ("degree", "clustering", "orbit")})
+    write_json(os.path.join(out, "metrics.json"), {k: metrics[k] for k in data.keys if k in metrics})
     write_results(out, experiment="graphs train", config=c, metrics=metrics,
                   timings={**timer.times, "compile_s": result.summary["compile_s"], "total_s": time.perf_counter() - t0},
                   extra={"smoke": smoke, "gdss_config": dataclasses.asdict(cfg), "train": result.summary})
@@ -197,18 +299,17 @@ def sample_run(c: SampleConfig, out: str, smoke: bool = False) -> dict:
     out = prepare_out(out)
     timer = Timer()
     t0 = time.perf_counter()
-    train_graphs, test = gdata.load_generic(tc["dataset"], tc.get("data_dir") or None)
-    x, _, flags = _dense(train_graphs, cfg)
+    data = _dataset(tc["dataset"], cfg, tc.get("data_dir"))
     model = build_model(cfg, 0)  # shapes only: the parameters come from the checkpoint
-    opt, _ = make_step(model, len(x))
+    opt, _ = make_step(model, data.num_train)
     like = init_train_state(model.params, opt, jax.random.key(0))
     with Checkpointer(os.path.join(c.run, "checkpoints")) as ck:
         state, _ = ck.restore(like)
     params = state.ema_params if _use_ema(c.use_ema, cfg) else state.params
-    n = c.num_samples or len(test)
-    per_seed = _sample_and_score(model, params, flags, test, cfg, c.seeds, n, out, _overrides(c, cfg), timer)
-    metrics = _summary(per_seed)
-    write_json(os.path.join(out, "metrics.json"), {k: metrics[k] for k in ("degree", "clustering", "orbit")})
+    n = c.num_samples or data.default_samples
+    per_seed = _sample_and_score(model, params, data, c.seeds, n, out, _overrides(c, cfg), timer)
+    metrics = _summary(per_seed, data.keys)
+    write_json(os.path.join(out, "metrics.json"), {k: metrics[k] for k in data.keys if k in metrics})
     write_results(out, experiment="graphs sample", config=c, metrics=metrics,
                   timings={**timer.times, "total_s": time.perf_counter() - t0}, extra={"smoke": smoke})
     return {k: v for k, v in metrics.items() if k != "per_seed"}
@@ -219,13 +320,9 @@ def evaluate_run(c: EvaluateConfig, out: str, smoke: bool = False) -> dict:
     cfg = get_config(c.dataset)
     out = prepare_out(out)
     t0 = time.perf_counter()
-    if cfg.kind != "generic":
-        raise ValueError("molecule evaluation arrives with the molecule pipeline")
-    _, test = gdata.load_generic(c.dataset, c.data_dir or None)
-    generated = gdata.read_edge_lists(c.samples)
-    metrics = graph_mmds(test, generated)
-    metrics["num_generated"] = len(generated)
-    metrics["num_reference"] = len(test)
+    if not os.path.exists(c.samples):
+        raise FileNotFoundError(f"--samples {c.samples} not found")
+    metrics = _dataset(c.dataset, cfg, c.data_dir).score_file(c.samples)
     write_json(os.path.join(out, "metrics.json"), metrics)
     write_results(out, experiment="graphs evaluate", config=c, metrics=metrics,
                   timings={"total_s": time.perf_counter() - t0})

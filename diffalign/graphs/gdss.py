@@ -68,6 +68,26 @@ def make_batch_fn(x: np.ndarray, adj: np.ndarray, batch_size: int, seed: int):
     return batch_fn
 
 
+def make_molecule_batch_fn(types: np.ndarray, bonds: np.ndarray, num_types: int, batch_size: int, seed: int):
+    """As ``make_batch_fn`` for molecules kept compactly as int8 atom types (-1 = padding) and
+    bond orders; one-hot X and float A are made on device per batch."""
+    g = types.shape[0]
+    b = min(batch_size, g)
+    spe = steps_per_epoch(g, b)
+    t_dev, a_dev = jnp.asarray(types), jnp.asarray(bonds)
+    base = jax.random.key(seed)
+
+    def batch_fn(step):
+        epoch, i = step // spe, step % spe
+        perm = jax.random.permutation(jax.random.fold_in(base, epoch), g)
+        pos = i * b + jnp.arange(b)
+        idx = perm[jnp.minimum(pos, g - 1)]
+        x = (t_dev[idx][..., None] == jnp.arange(num_types)).astype(jnp.float32)
+        return {"x": x, "adj": a_dev[idx].astype(jnp.float32), "mask": (pos < g).astype(jnp.float32)}
+
+    return batch_fn
+
+
 def make_step(model: GDSSModel, num_graphs: int):
     """GDSS's optimisation: per network, clip to norm 1, L2 1e-4 (PyTorch Adam), Adam, lr decayed
     by 0.999 per epoch; EMA 0.999 with warm-up min(0.999, (1+n)/(10+n))."""
