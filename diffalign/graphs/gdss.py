@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..data.shuffle import epoch_batch
 from ..models import functional
 from ..training import make_optimizer, make_train_step, per_module
 from .configs import GDSSConfig
@@ -49,21 +50,17 @@ def steps_per_epoch(num_graphs: int, batch_size: int) -> int:
 
 def make_batch_fn(x: np.ndarray, adj: np.ndarray, batch_size: int, seed: int):
     """Pure ``batch_fn(step)``: epochs of shuffled batches without replacement, as a data loader
-    with ``drop_last=False`` gives them. Batches have a fixed shape ``min(batch_size, G)``; the
-    last of an epoch is padded and its padding is masked out of the loss (``batch["mask"]``).
+    with ``drop_last=False`` gives them (``diffalign.data.shuffle.epoch_batch``). Batches have a
+    fixed shape ``min(batch_size, G)``; the last of an epoch is padded and its padding is masked
+    out of the loss (``batch["mask"]``).
     """
     g = x.shape[0]
-    b = min(batch_size, g)
-    spe = steps_per_epoch(g, b)
     xs, adjs = jnp.asarray(x), jnp.asarray(adj)
     base = jax.random.key(seed)
 
     def batch_fn(step):
-        epoch, i = step // spe, step % spe
-        perm = jax.random.permutation(jax.random.fold_in(base, epoch), g)
-        pos = i * b + jnp.arange(b)
-        idx = perm[jnp.minimum(pos, g - 1)]
-        return {"x": xs[idx], "adj": adjs[idx], "mask": (pos < g).astype(xs.dtype)}
+        idx, mask = epoch_batch(base, step, g, batch_size)
+        return {"x": xs[idx], "adj": adjs[idx], "mask": mask.astype(xs.dtype)}
 
     return batch_fn
 
@@ -72,18 +69,13 @@ def make_molecule_batch_fn(types: np.ndarray, bonds: np.ndarray, num_types: int,
     """As ``make_batch_fn`` for molecules kept compactly as int8 atom types (-1 = padding) and
     bond orders; one-hot X and float A are made on device per batch."""
     g = types.shape[0]
-    b = min(batch_size, g)
-    spe = steps_per_epoch(g, b)
     t_dev, a_dev = jnp.asarray(types), jnp.asarray(bonds)
     base = jax.random.key(seed)
 
     def batch_fn(step):
-        epoch, i = step // spe, step % spe
-        perm = jax.random.permutation(jax.random.fold_in(base, epoch), g)
-        pos = i * b + jnp.arange(b)
-        idx = perm[jnp.minimum(pos, g - 1)]
+        idx, mask = epoch_batch(base, step, g, batch_size)
         x = (t_dev[idx][..., None] == jnp.arange(num_types)).astype(jnp.float32)
-        return {"x": x, "adj": a_dev[idx].astype(jnp.float32), "mask": (pos < g).astype(jnp.float32)}
+        return {"x": x, "adj": a_dev[idx].astype(jnp.float32), "mask": mask}
 
     return batch_fn
 
