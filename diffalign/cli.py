@@ -60,7 +60,7 @@ def experiment_parser(name: str, argv: list[str]):
     else:
         config_cls, run, description = module.Config, module.run, module.DESCRIPTION
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    parser.add_argument("--out", required=True, metavar="DIR", default=argparse.SUPPRESS, help="output directory (created if missing)")
     parser.add_argument("--smoke", action="store_true", help="a tiny run through the same code path (under a minute)")
     add_config_arguments(parser, config_cls)
     return parser, config_cls, run, argv

@@ -112,7 +112,8 @@ def _field_type(f: dataclasses.Field, hints: dict):
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One ``--flag`` per field of the frozen config dataclass ``cls`` (help from field metadata)."""
+    """One ``--flag`` per field of the frozen config dataclass ``cls`` (help from field metadata;
+    the parser's ArgumentDefaultsHelpFormatter adds the defaults)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
@@ -124,11 +125,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
         elif origin is tuple:
             elem = typing.get_args(t)[0]
-            parser.add_argument(flag, type=elem, nargs="+", default=default, help=f"{help_} (default: {default})")
+            parser.add_argument(flag, type=elem, nargs="+", default=default, help=help_)
         else:
-            parser.add_argument(
-                flag, type=t, default=default, choices=choices, help=f"{help_} (default: {default})"
-            )
+            parser.add_argument(flag, type=t, default=default, choices=choices, help=help_)
 
 
 def config_from_args(cls, args: argparse.Namespace):
