@@ -276,6 +276,7 @@ def train_run(c: TrainConfig, out: str, smoke: bool = False) -> dict:
     metrics.update(
         num_samples=n, train_steps=int(st.step), final_loss=result.summary["final_metrics"].get("loss"),
         train_steps_per_sec=result.summary["steps_per_sec"],
+        train_s_all_segments=result.summary.get("train_s_all_segments"),
         nfe_per_graph=c.num_scales * evaluations_per_step(solver, c.corrector or cfg.corrector),
     )
     write_json(os.path.join(out, "metrics.json"), {k: metrics[k] for k in data.keys if k in metrics})

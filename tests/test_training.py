@@ -1,5 +1,6 @@
 """Train state, step, loop: transform identity, sharding, exact resume, failures and bad input."""
 
+import json
 import os
 
 import jax
@@ -14,6 +15,7 @@ from diffalign.checkpoint import CheckpointError, Checkpointer
 from diffalign.distributed import make_mesh
 from diffalign.losses import flow_matching_loss
 from diffalign.models import MLP, functional
+from diffalign.training.logger import logged_train_seconds, read_log
 from diffalign.training import (
     NonFiniteLossError,
     ema_decay_at,
@@ -103,6 +105,19 @@ def test_resumed_run_is_bit_identical(tmp_path):
     # metrics were logged for both halves
     rows = open(tmp_path / "resumed" / "metrics.jsonl").read().splitlines()
     assert len(rows) == 6
+    # the run time of both segments is summed from the log, the resumed segment alone is less
+    both = resumed.summary["train_s_all_segments"]
+    assert both > resumed.summary["train_s"] > 0
+    assert both == pytest.approx(sum(10 / json.loads(r)["steps_per_sec"] for r in rows))
+
+
+def test_read_log_keeps_the_last_row_of_a_step_logged_twice(tmp_path):
+    rows = [{"step": 10, "steps_per_sec": 5.0}, {"step": 20, "steps_per_sec": 5.0},
+            {"step": 20, "steps_per_sec": 10.0}, {"step": 30, "steps_per_sec": 10.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = read_log(str(tmp_path))
+    assert [r["step"] for r in got] == [10, 20, 30] and got[1]["steps_per_sec"] == 10.0
+    assert logged_train_seconds(got) == pytest.approx(10 / 5 + 10 / 10 + 10 / 10)
 
 
 def test_resume_refuses_a_different_config(tmp_path):

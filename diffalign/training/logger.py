@@ -67,3 +67,32 @@ class MetricLogger:
         self._csv_file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def read_log(directory: str) -> list[dict]:
+    """The rows of ``DIR/metrics.jsonl``, one per step in step order; where a resumed run
+    logged a step again (after a crash between a log and a checkpoint) the last row wins."""
+    path = os.path.join(directory, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    rows = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                row = json.loads(line)
+                rows[int(row["step"])] = row
+    return [rows[s] for s in sorted(rows)]
+
+
+def logged_train_seconds(rows: list[dict]) -> float | None:
+    """Run time (compile excluded) of all logged steps, summed over every segment of a resumed
+    run: each row's step count since the previous row over its ``steps_per_sec``."""
+    total, prev = 0.0, 0
+    for row in rows:
+        rate = row.get("steps_per_sec")
+        if not isinstance(rate, (int, float)) or rate <= 0:
+            return None
+        total += (row["step"] - prev) / rate
+        prev = row["step"]
+    return total

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..checkpoint import CheckpointError, Checkpointer
 from ..distributed.mesh import batch_sharding, check_divisible, is_main_process, replicated, state_shardings
-from .logger import MetricLogger
+from .logger import MetricLogger, logged_train_seconds, read_log
 from .step import make_multi_step
 
 
@@ -288,4 +288,6 @@ def train(
         "steps_per_sec": done / t_run if t_run > 0 else None,
         "final_metrics": last_metrics,
     }
+    if workdir is not None and main:
+        summary["train_s_all_segments"] = logged_train_seconds(read_log(workdir))
     return TrainResult(state, summary)
