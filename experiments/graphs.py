@@ -3,10 +3,12 @@
     diffalign graphs train    --dataset community_small --out runs/cs
     diffalign graphs sample   --run runs/cs --seeds 0 1 2 --out runs/cs-samples
     diffalign graphs evaluate --dataset community_small --samples FILE --out runs/eval
+    diffalign graphs table    --runs runs/cs-seed1 runs/cs-seed2 runs/cs-seed3 --out runs/cs-table
 
 ``train`` trains both score networks with the paper's schedule, then samples as many graphs
 as the test set with each sampling seed and scores them; ``sample`` reuses a trained run;
-``evaluate`` scores any generator's output (an edge-list ``.npz`` in the shared format).
+``evaluate`` scores any generator's output (an edge-list ``.npz`` in the shared format);
+``table`` gathers several training seeds' runs into mean +- std beside the paper's numbers.
 Generated graphs are written as ``samples.npz`` (the first sampling seed) and
 ``samples_seed{S}.npz``, in the shared edge-list format.
 """
@@ -94,6 +96,18 @@ class SampleConfig:
 
     def smoke(self):
         return dataclasses.replace(self, seeds=self.seeds[:1], num_scales=40)
+
+
+@dataclasses.dataclass(frozen=True)
+class TableConfig:
+    runs: tuple[str, ...] = field((), "`graphs train` (or `sample`) output directories, one per training seed")
+
+    def __post_init__(self):
+        if not self.runs:
+            raise ValueError("--runs is required: the output directories of `diffalign graphs train`")
+
+    def smoke(self):
+        return self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,8 +344,68 @@ def evaluate_run(c: EvaluateConfig, out: str, smoke: bool = False) -> dict:
     return metrics
 
 
+def table_run(c: TableConfig, out: str, smoke: bool = False) -> dict:
+    """Mean +- std over training seeds (each the mean over its sampling seeds), the spread
+    of all training x sampling seed pairs, and the paper's numbers beside them."""
+    del smoke
+    from diffalign.graphs.configs import PAPER
+
+    runs = []
+    for r in c.runs:
+        path = os.path.join(r, "results.json")
+        try:
+            with open(path) as f:
+                runs.append(json.load(f))
+        except OSError as e:
+            raise FileNotFoundError(f"{path}: not a finished `graphs train` run ({e})") from e
+    names = {r["config"].get("dataset") or r.get("dataset") for r in runs}
+    if len(names) != 1:
+        raise ValueError(f"the runs are of different data sets: {sorted(map(str, names))}")
+    dataset = names.pop()
+    keys = _Generic.keys if get_config(dataset).kind == "generic" else _Molecules.keys
+    keys = keys + (("average",) if "degree" in keys else ())
+    paper = dict(PAPER.get(dataset, {}))
+    if "degree" in paper:
+        paper["average"] = float(np.mean([paper["degree"], paper["clustering"], paper["orbit"]]))
+    rows = {}
+    for k in keys:
+        per_train = [r["metrics"][k] for r in runs if k in r["metrics"]]
+        pairs = [m[k] for r in runs for m in r["metrics"].get("per_seed", {}).values() if k in m]
+        if k == "average":
+            pairs = [float(np.mean([m["degree"], m["clustering"], m["orbit"]]))
+                     for r in runs for m in r["metrics"].get("per_seed", {}).values()]
+        if not per_train:
+            continue
+        rows[k] = {"mean": float(np.mean(per_train)), "std_over_training_seeds": float(np.std(per_train, ddof=1))
+                   if len(per_train) > 1 else 0.0, "per_training_seed": per_train,
+                   "std_over_all_pairs": float(np.std(pairs, ddof=1)) if len(pairs) > 1 else 0.0,
+                   "pairs": len(pairs), "paper": paper.get(k)}
+        if paper.get(k):
+            rows[k]["ratio_to_paper"] = rows[k]["mean"] / paper[k]
+    out = prepare_out(out)
+    seeds = [r["config"].get("seed") for r in runs]
+    lines = [f"GDSS on {dataset}: {len(runs)} training seeds {seeds}, "
+             f"{rows[keys[0]]['pairs'] // max(1, len(runs))} sampling seeds each", "",
+             "| metric | ours: mean +- std over training seeds | std over all pairs | paper | ours / paper |",
+             "|---|---|---|---|---|"]
+    for k, v in rows.items():
+        p = f"{v['paper']:.4g}" if v["paper"] is not None else "-"
+        ratio = f"{v['ratio_to_paper']:.2f}" if "ratio_to_paper" in v else "-"
+        lines.append(f"| {k} | {v['mean']:.4f} +- {v['std_over_training_seeds']:.4f} | "
+                     f"{v['std_over_all_pairs']:.4f} | {p} | {ratio} |")
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    metrics = {k: v["mean"] for k, v in rows.items()}
+    metrics.update({f"{k}_std": v["std_over_training_seeds"] for k, v in rows.items()})
+    write_results(out, experiment="graphs table", config=c, metrics=metrics, timings={},
+                  extra={"dataset": dataset, "rows": rows, "training_seeds": seeds})
+    return metrics
+
+
 COMMANDS = {
     "train": (TrainConfig, train_run, "train GDSS on a data set, then sample and score (MMDs over sampling seeds)"),
     "sample": (SampleConfig, sample_run, "sample and score from a trained run"),
     "evaluate": (EvaluateConfig, evaluate_run, "score any generator's graphs against a data set's test split"),
+    "table": (TableConfig, table_run, "mean +- std over training seeds of several runs, beside the paper's numbers"),
 }

@@ -217,3 +217,11 @@ def test_graphs_commands_keep_the_contract(tmp_path):
     assert 0 <= m["degree"] < 0.05 and m["num_generated"] == 20
     assert main(["graphs", "evaluate", "--dataset", "community_small", "--data-dir", DATA, "--samples",
                  str(tmp_path / "missing.npz"), "--out", str(ev)]) == 1
+    # a table over "training seeds" (the same run twice: zero spread, the run's own means)
+    tab = tmp_path / "table"
+    assert main(["graphs", "table", "--runs", str(out), str(out), "--out", str(tab)]) == 0
+    t = json.load(open(tab / "results.json"))
+    assert t["metrics"]["orbit"] == pytest.approx(r["metrics"]["orbit"], nan_ok=True)
+    assert t["metrics"]["orbit_std"] == 0 or np.isnan(t["metrics"]["orbit_std"])
+    assert t["rows"]["average"]["paper"] == pytest.approx(0.046, abs=1e-3) and (tab / "table.md").exists()
+    assert main(["graphs", "table", "--runs", str(tmp_path / "nowhere"), "--out", str(tab)]) == 1
