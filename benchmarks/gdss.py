@@ -1,0 +1,176 @@
+"""Speed of GDSS training and sampling (community_small networks), and its growth with N.
+
+    python benchmarks/gdss.py                          # both cores
+    taskset -c 0 python benchmarks/gdss.py --threads 1 # one core
+    python benchmarks/gdss.py --quick                  # fewer steps: a check, not a result
+
+Writes benchmarks/results/gdss-<N>thread(s).json. Rows:
+* training step on community_small's 80 training graphs (N = 20), median over chunks;
+* sampling 128 graphs with 1000 reverse steps, PC (Euler + Langevin: 4 network evaluations a
+  step) and S4 (2 a step), compile time apart;
+* the same two for N = 20, 40, 80, 160 (random community-like graphs of 0.6 N to N nodes), to
+  show the growth: training medians over chunks of 2 steps, sampling over 20 steps, per 1000.
+Achieved FLOP/s uses XLA's own count of the compiled program (for sampling: one evaluation of
+both networks, times evaluations per step, times steps). The reference PyTorch code,
+one thread on this CPU (the issue's figures): 0.22 s per training iteration (80 graphs),
+0.25 s per PC step for 128 graphs (about 250 s per 1000-step run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+REFERENCE = {"train_iteration_s_1thread": 0.22, "pc_step_128_graphs_s_1thread": 0.25,
+             "pc_run_1000_steps_128_graphs_s_1thread": 250.0}
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--sizes", type=int, nargs="+", default=[20, 40, 80, 160])
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    return p.parse_args()
+
+
+ARGS = parse()
+if ARGS.threads == 1 and hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) > 1:
+    sys.exit("--threads 1 measures one core: run it as `taskset -c 0 python benchmarks/gdss.py --threads 1`")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from diffalign.graphs import data as gdata  # noqa: E402
+from diffalign.graphs.configs import get_config  # noqa: E402
+from diffalign.graphs.gdss import build_model, make_batch_fn, make_step, sampler  # noqa: E402
+from diffalign.training import init_train_state, make_multi_step  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data")
+
+
+def flops_of(compiled):
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list):
+        cost = cost[0]
+    return (cost or {}).get("flops")
+
+
+def train_row(cfg, x, adj, chunk, repeats):
+    model = build_model(cfg, 0)
+    opt, step = make_step(model, len(x))
+    state = init_train_state(model.params, opt, jax.random.key(0))
+    bf = make_batch_fn(x, adj, cfg.batch_size, 1)
+    one = jax.jit(step).lower(state, bf(0)).compile()
+    run = jax.jit(make_multi_step(step, bf, chunk), donate_argnums=0)
+    t0 = time.perf_counter()
+    compiled = run.lower(state).compile()
+    compile_s = time.perf_counter() - t0
+    s = jax.block_until_ready(compiled(jax.tree.map(jnp.copy, state))[0])
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        s = jax.block_until_ready(compiled(s)[0])
+        times.append((time.perf_counter() - t0) / chunk)
+    step_s = float(np.median(times))
+    f = flops_of(one)
+    return {"graphs": len(x), "nodes": x.shape[1], "compile_s": compile_s, "step_s": step_s, "step_s_runs": times,
+            "flops_per_step": f, "achieved_flops_per_s": f / step_s if f else None}
+
+
+def forward_flops(model, params, flags):
+    """XLA's FLOP count of one evaluation of both networks on these graphs (a sampler's while
+    loop is counted once by XLA's cost analysis, so sampling FLOPs are counted per evaluation)."""
+    b, n = flags.shape
+    x = jnp.zeros((b, n, model.config.max_feat))
+    a = jnp.zeros((b, n, n))
+    f = jax.jit(lambda p: (model.apply_x(p["x"], x, a, flags), model.apply_a(p["a"], x, a, flags)))
+    return flops_of(f.lower(params).compile())
+
+
+def sample_row(cfg, flags, solver, steps):
+    model = build_model(cfg, 0)
+    overrides = dict(solver=solver, predictor="euler", corrector="langevin", snr=0.05, scale_eps=0.7, num_scales=steps)
+    f = sampler(model, model.params, **overrides)
+    key = jax.random.key(0)
+    t0 = time.perf_counter()
+    compiled = f.lower(key, flags).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(key, flags))
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(jax.random.key(1), flags))
+    run_s = time.perf_counter() - t0
+    evals = 2 if solver == "s4" else 4
+    per_eval = forward_flops(model, model.params, flags)
+    fl = per_eval * evals * steps if per_eval else None
+    return {"solver": solver, "graphs": int(flags.shape[0]), "nodes": int(flags.shape[1]), "steps": steps,
+            "network_evaluations_per_step": evals, "compile_s": compile_s, "run_s": run_s,
+            "s_per_1000_steps": run_s * 1000 / steps, "flops_per_evaluation": per_eval, "flops": fl,
+            "achieved_flops_per_s": fl / run_s if fl else None}
+
+
+def random_flags(n_nodes, graphs=128, seed=0):
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(int(0.6 * n_nodes), n_nodes + 1, graphs)  # like community_small: 12..20 of 20
+    return jnp.asarray((np.arange(n_nodes)[None, :] < counts[:, None]).astype(np.float32))
+
+
+def random_graphs(n_nodes, graphs, seed=0):
+    import networkx as nx
+
+    rng = np.random.default_rng(seed)
+    nums, edges = [], []
+    for i in range(graphs):
+        n = int(rng.integers(int(0.6 * n_nodes), n_nodes + 1))
+        g = nx.connected_caveman_graph(2, n // 2) if n >= 4 else nx.path_graph(n)
+        g = nx.convert_node_labels_to_integers(g)
+        nums.append(g.number_of_nodes())
+        edges.append(np.asarray(list(g.edges()), np.int64).reshape(-1, 2))
+    return gdata.EdgeLists(np.asarray(nums), tuple(edges), 0)
+
+
+def main():
+    quick = ARGS.quick
+    threads = ARGS.threads or os.cpu_count()
+    res = {"threads": threads, "quick": quick, "platform": platform.platform(), "jax": jax.__version__,
+           "reference_pytorch": REFERENCE}
+    cfg = get_config("community_small")
+    train_graphs, _ = gdata.load_generic("community_small", DATA)
+    x, adj, flags = gdata.to_dense(train_graphs, cfg.max_nodes, cfg.max_feat)
+    res["train_community_small"] = train_row(cfg, x, adj, chunk=10 if quick else 50, repeats=1 if quick else 3)
+    r = res["train_community_small"]
+    print(f"train community_small: {r['step_s'] * 1e3:.1f} ms/step (compile {r['compile_s']:.1f} s), "
+          f"{(r['achieved_flops_per_s'] or 0) / 1e9:.0f} GFLOP/s")
+    steps = 50 if quick else 1000
+    res["sample_community_small"] = []
+    for solver in ("pc", "s4"):
+        s = sample_row(cfg, random_flags(20), solver, steps)
+        res["sample_community_small"].append(s)
+        print(f"sample 128 graphs {solver}: {s['s_per_1000_steps']:.1f} s per 1000 steps "
+              f"(compile {s['compile_s']:.1f} s), {(s['achieved_flops_per_s'] or 0) / 1e9:.0f} GFLOP/s")
+    res["growth"] = []
+    for n in ARGS.sizes:
+        c = get_config("community_small").__class__(**{**get_config("community_small").__dict__, "max_nodes": n,
+                                                        "max_feat": max(10, n)})
+        g = random_graphs(n, 80, seed=n)
+        gx, ga, _ = gdata.to_dense(g, n, c.max_feat)
+        row = {"nodes": n, "train": train_row(c, gx, ga, chunk=2, repeats=1 if quick else 3)}
+        for solver in ("pc", "s4"):
+            row[solver] = sample_row(c, random_flags(n), solver, 5 if quick else 20)
+        res["growth"].append(row)
+        print(f"N={n}: train {row['train']['step_s'] * 1e3:.1f} ms/step; sample 128 graphs "
+              f"pc {row['pc']['s_per_1000_steps']:.1f} s / s4 {row['s4']['s_per_1000_steps']:.1f} s per 1000 steps")
+    os.makedirs(ARGS.out, exist_ok=True)
+    path = os.path.join(ARGS.out, f"gdss-{threads}thread{'s' if threads > 1 else ''}{'-quick' if quick else ''}.json")
+    with open(path, "w") as f:
+        json.dump(res, f, indent=2)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
