@@ -144,6 +144,10 @@ class _Generic:
     def batch_fn(self, seed):
         return make_batch_fn(self.x, self.adj, self.cfg.batch_size, seed)
 
+    def sample_batch(self, n):
+        """GDSS samples generic graphs in rounds of the training batch size."""
+        return self.cfg.batch_size
+
     def save_and_score(self, x, adj, flags, out, tag, first):
         graphs = quantize_generic(adj, flags)
         gdata.write_edge_lists(os.path.join(out, f"samples_{tag}.npz"), graphs)
@@ -176,6 +180,10 @@ class _Molecules:
 
     def batch_fn(self, seed):
         return make_molecule_batch_fn(self.types, self.bonds, self.cfg.max_feat, self.cfg.batch_size, seed)
+
+    def sample_batch(self, n):
+        """GDSS samples its 10,000 molecules in one batch."""
+        return n
 
     def save_and_score(self, x, adj, flags, out, tag, first):
         dec = self.M.decode(np.asarray(x), np.asarray(adj), self.name)
@@ -215,15 +223,18 @@ def _dataset(name, cfg, data_dir):
     return (_Generic if cfg.kind == "generic" else _Molecules)(name, cfg, data_dir or None)
 
 
-def _sample_and_score(model, params, data, seeds, n, out, overrides, timer, batch: int = 2048):
+def _sample_and_score(model, params, data, seeds, n, out, overrides, timer):
+    """Sample ``n`` graphs per seed as the reference does: in rounds of ``data.sample_batch(n)``
+    graphs (the sampler's step size uses batch means), truncated to ``n``."""
     f = sampler(model, params, **overrides)
+    batch = data.sample_batch(n)
     per_seed = {}
     for s in seeds:
         key = jax.random.key(s)
         xs, adjs, fls = [], [], []
-        for start in range(0, n, batch):
-            k = jax.random.fold_in(key, start)
-            flags = sample_flags(jax.random.fold_in(k, 0), data.flags, min(batch, n - start))
+        for r in range(-(-n // batch)):
+            k = jax.random.fold_in(key, r)
+            flags = sample_flags(jax.random.fold_in(k, 0), data.flags, batch)
             with timer("sample"):
                 x, adj = f(jax.random.fold_in(k, 1), flags)
                 adj = np.asarray(jax.block_until_ready(adj))
@@ -231,8 +242,8 @@ def _sample_and_score(model, params, data, seeds, n, out, overrides, timer, batc
             adjs.append(adj)
             fls.append(np.asarray(flags))
         with timer("evaluate"):
-            per_seed[s] = data.save_and_score(np.concatenate(xs), np.concatenate(adjs), np.concatenate(fls), out,
-                                              f"seed{s}", s == seeds[0])
+            per_seed[s] = data.save_and_score(np.concatenate(xs)[:n], np.concatenate(adjs)[:n],
+                                              np.concatenate(fls)[:n], out, f"seed{s}", s == seeds[0])
         print(f"sampling seed {s}: " + " ".join(f"{k} {v:.4f}" for k, v in per_seed[s].items()))
     return per_seed
 

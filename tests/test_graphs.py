@@ -64,6 +64,19 @@ def test_parameter_counts_match_the_released_checkpoints():
         assert (count_params(m.params["x"]), count_params(m.params["a"])) == (cx, ca), name
 
 
+def test_mlps_start_as_pytorch_linear_layers():
+    """GDSS's MLPs keep nn.Linear's default init: weights and biases uniform on +-1/sqrt(fan_in)."""
+    from diffalign.graphs.networks import MLP
+
+    mlp = MLP(3, 400, 300, 200, rngs=nnx.Rngs(0))
+    for lin in mlp.linears:
+        w, b = np.asarray(lin.kernel[...]), np.asarray(lin.bias[...])
+        bound = 1 / np.sqrt(w.shape[0])
+        assert np.abs(w).max() <= bound and np.abs(b).max() <= bound
+        np.testing.assert_allclose(w.std(), bound / np.sqrt(3), rtol=0.02)  # uniform, not normal
+        assert b.std() > 0.5 * bound / np.sqrt(3)  # biases are not zero
+
+
 def test_noise_and_perturbation_are_symmetric_and_masked():
     x, a, flags = random_graph_batch(jax.random.key(2))
     z = sym_noise(jax.random.key(3), a.shape, flags)
@@ -137,6 +150,21 @@ def test_mmds_match_the_reference_evaluator_on_enzymes():
     np.testing.assert_allclose(m["degree"], 0.0118066, rtol=1e-3)
     np.testing.assert_allclose(m["clustering"], 0.0873168, rtol=1e-3)
     np.testing.assert_allclose(m["orbit"], 0.0174581, rtol=1e-3)
+
+
+def test_edgeless_samples_count_against_the_model():
+    """As the reference evaluator: an edgeless sample (a single node after quantisation) is
+    scored, not dropped, so a model emitting them is penalised."""
+    g = gdata.read_edge_lists(os.path.join(DATA, "graphs", "community_small.npz"))
+    ref, good = g.subset(range(20)), g.subset(range(20, 40))
+    empty = quantize_generic(np.zeros((5, 20, 20)), np.ones((5, 20)))
+    assert list(empty.num_nodes) == [1] * 5
+    mixed = gdata.EdgeLists(np.concatenate([good.num_nodes[:15], empty.num_nodes]),
+                            tuple(good.edges[:15]) + tuple(empty.edges), 0)
+    base, worse = graph_mmds(ref, good.subset(range(15))), graph_mmds(ref, mixed)
+    for k in ("degree", "clustering"):
+        assert worse[k] > base[k] + 0.05, k
+    assert worse["orbit"] > 2 * base["orbit"]
 
 
 def test_data_loading_batches_and_quantisation(tmp_path):

@@ -195,7 +195,7 @@ def test_bad_inputs_get_clear_errors(tmp_path):
 
 
 def test_ema_warmup_and_optimizer_schedule():
-    np.testing.assert_allclose(ema_decay_at(jnp.asarray(0), 0.999, True), 0.1)
+    np.testing.assert_allclose(ema_decay_at(jnp.asarray(0), 0.999, True), 2 / 11)  # n = 1 at the first update
     np.testing.assert_allclose(ema_decay_at(jnp.asarray(10_000), 0.999, True), 0.999)
     np.testing.assert_allclose(ema_decay_at(jnp.asarray(5), 0.999, False), 0.999)
     opt = make_optimizer(1.0, schedule="exponential", decay_rate=0.5, decay_steps=1)

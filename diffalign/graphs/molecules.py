@@ -219,8 +219,8 @@ def validity_uniqueness_novelty(generated: list, train_canonical: set, valid_wit
         "uniqueness": len(uniq) / max(len(valid), 1),
         "novelty": len(uniq - train_canonical) / max(len(uniq), 1),
     }
-    if valid_without_correction is not None:
-        out["validity_wo_correction"] = valid_without_correction / max(len(generated), 1)
+    if valid_without_correction is not None:  # over the decoded molecules, as GDSS counts them
+        out["validity_wo_correction"] = valid_without_correction / max(sum(s is not None for s in generated), 1)
     return out
 
 

@@ -52,12 +52,24 @@ def normalize_adj(adj):
     return d[..., :, None] * a * d[..., None, :]
 
 
+def torch_linear(din: int, dout: int, *, rngs: nnx.Rngs) -> nnx.Linear:
+    """A Linear layer initialised as PyTorch's ``nn.Linear`` (GDSS's MLPs keep that default):
+    weights and biases uniform on +-1/sqrt(fan_in)."""
+    bound = 1.0 / math.sqrt(din)
+
+    def bias_init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return nnx.Linear(din, dout, kernel_init=nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+                      bias_init=bias_init, rngs=rngs)
+
+
 class MLP(nnx.Module):
     """Linear, act, [Linear, act] * (layers - 2), Linear (GDSS's MLP without batch norm)."""
 
     def __init__(self, layers: int, din: int, dhid: int, dout: int, *, rngs: nnx.Rngs):
         dims = [din] + [dhid] * (layers - 1) + [dout]
-        self.linears = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
+        self.linears = nnx.List([torch_linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
 
     def __call__(self, h):
         for lin in self.linears[:-1]:

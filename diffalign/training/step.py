@@ -13,10 +13,11 @@ from .state import TrainState
 
 
 def ema_decay_at(step, decay: float, warmup: bool):
-    """EMA decay at ``step``; with warm-up min(decay, (1 + n) / (10 + n)) as in score_sde and GDSS."""
+    """EMA decay at ``step``; with warm-up min(decay, (1 + n) / (10 + n)) as in score_sde and
+    GDSS, where n counts updates including this one (n = 1 at step 0)."""
     if not warmup:
         return jnp.asarray(decay, jnp.float32)
-    n = step.astype(jnp.float32)
+    n = step.astype(jnp.float32) + 1.0
     return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
 
 
