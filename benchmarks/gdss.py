@@ -19,7 +19,6 @@ one thread on this CPU (the issue's figures): 0.22 s per training iteration (80 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -43,6 +42,7 @@ if ARGS.threads == 1 and hasattr(os, "sched_getaffinity") and len(os.sched_getaf
     sys.exit("--threads 1 measures one core: run it as `taskset -c 0 python benchmarks/gdss.py --threads 1`")
 
 import jax  # noqa: E402
+from common import write_result  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -165,11 +165,7 @@ def main():
         res["growth"].append(row)
         print(f"N={n}: train {row['train']['step_s'] * 1e3:.1f} ms/step; sample 128 graphs "
               f"pc {row['pc']['s_per_1000_steps']:.1f} s / s4 {row['s4']['s_per_1000_steps']:.1f} s per 1000 steps")
-    os.makedirs(ARGS.out, exist_ok=True)
-    path = os.path.join(ARGS.out, f"gdss-{threads}thread{'s' if threads > 1 else ''}{'-quick' if quick else ''}.json")
-    with open(path, "w") as f:
-        json.dump(res, f, indent=2)
-    print(f"wrote {path}")
+    write_result(ARGS.out, "gdss", threads, quick, res)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ torchcfm's figures (the issue's measurements on this machine) are stored beside 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -55,6 +54,7 @@ if ARGS.threads == 1:
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
 import jax  # noqa: E402
+from common import write_result  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
@@ -215,11 +215,7 @@ def main():
     print(f"3x256 MLP, batch 4096: {big['step_s'] * 1e3:.2f} ms/step, "
           f"{(big['achieved_flops_per_s'] or 0) / 1e9:.0f} GFLOP/s = {100 * (big['fraction_of_peak'] or 0):.0f}% of peak")
 
-    os.makedirs(ARGS.out, exist_ok=True)
-    path = os.path.join(ARGS.out, f"toy2d-{threads}thread{'s' if threads > 1 else ''}{'-quick' if ARGS.quick else ''}.json")
-    with open(path, "w") as f:
-        json.dump(res, f, indent=2)
-    print(f"wrote {path}")
+    write_result(ARGS.out, "toy2d", threads, ARGS.quick, res)
 
 
 if __name__ == "__main__":
