@@ -19,6 +19,7 @@ Requires RDKit (``pip install 'diffalign[molecules]'``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -97,11 +98,14 @@ def load_encoded(dataset: str, data_dir: str | None = None, cache_dir: str | Non
     """Encoded train split and both SMILES lists, cached as ``.npz`` (RDKit parsing takes minutes)."""
     train, test = load_split(dataset, data_dir)
     cache_dir = cache_dir or os.environ.get("DIFFALIGN_CACHE", os.path.expanduser("~/.cache/diffalign"))
-    path = os.path.join(cache_dir, f"{dataset}-train-encoded.npz")
+    # keyed by the training SMILES themselves: a different file (a test fixture, a new split)
+    # never reads, or overwrites, another one's cache
+    digest = hashlib.sha256("\n".join(train).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, f"{dataset}-train-{digest}.npz")
     if os.path.exists(path):
-        d = np.load(path)
-        if int(d["count"]) == len(train):
-            return d["types"], d["bonds"], train, test
+        with np.load(path) as d:
+            if int(d["count"]) == len(train):
+                return d["types"], d["bonds"], train, test
     types, bonds = encode(train, dataset)
     os.makedirs(cache_dir, exist_ok=True)
     tmp = path + ".tmp.npz"
@@ -125,19 +129,29 @@ def _valence_problem(mol):
     return None
 
 
-def construct(x: np.ndarray, adj: np.ndarray, dataset: str):
-    """An RDKit RWMol from continuous (X, A), before any correction (GDSS ``construct_mol``)."""
-    chem = _chem()
-    atoms = ATOMS[dataset]
+def quantize(x: np.ndarray, adj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Continuous (X, A) -> (atom type index, -1 where no atom: (..., N) int8; bond orders 0-3
+    between existing atoms: (..., N, N) int8), by GDSS's rules: an atom exists when a channel
+    exceeds 0.5 and takes the first such channel; bond orders by thresholds 0.5 / 1.5 / 2.5.
+    Needs no RDKit: a sampler can save this and any machine can decode it later."""
     on = np.asarray(x) > 0.5
     exists = on.any(-1)
-    kinds = on.argmax(-1)
+    types = np.where(exists, on.argmax(-1), -1).astype(np.int8)
+    order = np.digitize(np.asarray(adj), [0.5, 1.5, 2.5]).astype(np.int8)  # <0.5 -> 0 ... >=2.5 -> 3
+    order *= (exists[..., :, None] & exists[..., None, :])
+    return types, order
+
+
+def construct(types: np.ndarray, bonds: np.ndarray, dataset: str):
+    """An RDKit RWMol from one quantized molecule, before any correction (GDSS ``construct_mol``:
+    bonds read from the lower triangle, in order, with the +1 charge rule)."""
+    chem = _chem()
+    atoms = ATOMS[dataset]
+    keep = np.where(types >= 0)[0]
     mol = chem.RWMol()
-    keep = np.where(exists)[0]
     for i in keep:
-        mol.AddAtom(chem.Atom(int(atoms[kinds[i]])))
-    a = np.asarray(adj)[np.ix_(keep, keep)]
-    order = np.digitize(a, [0.5, 1.5, 2.5])  # <0.5 -> 0, [0.5,1.5) -> 1, [1.5,2.5) -> 2, >=2.5 -> 3
+        mol.AddAtom(chem.Atom(int(atoms[types[i]])))
+    order = np.asarray(bonds)[np.ix_(keep, keep)]
     bond = {1: chem.BondType.SINGLE, 2: chem.BondType.DOUBLE, 3: chem.BondType.TRIPLE}
     for start, end in zip(*np.nonzero(order)):
         if start > end:
@@ -188,15 +202,40 @@ class Decoded:
     total: int
 
 
-def decode(x: np.ndarray, adj: np.ndarray, dataset: str) -> Decoded:
+def decode(types: np.ndarray, bonds: np.ndarray, dataset: str) -> Decoded:
+    """Quantized molecules (see ``quantize``) -> corrected canonical SMILES of the largest fragment."""
     chem = _chem()
+    if types.ndim != 2 or bonds.shape != types.shape + types.shape[-1:]:
+        raise ValueError(f"expected atom types (M, N) and bond orders (M, N, N), got {types.shape} and {bonds.shape}")
+    if types.max(initial=-1) >= len(ATOMS[dataset]) or bonds.min(initial=0) < 0 or bonds.max(initial=0) > 3:
+        raise ValueError(f"atom types must be -1..{len(ATOMS[dataset]) - 1} and bond orders 0..3 for {dataset}")
     out, ok = [], 0
-    for xi, ai in zip(x, adj):
-        mol, valid = correct(construct(xi, ai, dataset))
+    for ti, bi in zip(types, bonds):
+        mol, valid = correct(construct(ti, bi, dataset))
         ok += int(valid)
         frag = largest_fragment(mol)
         out.append(chem.MolToSmiles(frag) if frag is not None else None)
-    return Decoded(out, ok, len(x))
+    return Decoded(out, ok, len(types))
+
+
+def save_quantized(path: str, types: np.ndarray, bonds: np.ndarray, dataset: str) -> str:
+    """Quantized molecules as ``.npz`` (``atom_types``, ``bond_orders``, ``dataset``), written
+    atomically; ``diffalign graphs evaluate`` scores such a file."""
+    tmp = path + ".tmp.npz"
+    np.savez_compressed(tmp, atom_types=types.astype(np.int8), bond_orders=bonds.astype(np.int8),
+                        dataset=np.array(dataset))
+    os.replace(tmp, path)
+    return path
+
+
+def load_quantized(path: str, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as d:
+        missing = {"atom_types", "bond_orders"} - set(d.files)
+        if missing:
+            raise ValueError(f"{path}: not a quantized-molecule file (missing {sorted(missing)}; has {d.files})")
+        if "dataset" in d.files and str(d["dataset"]) != dataset:
+            raise ValueError(f"{path} holds {d['dataset']} molecules, not {dataset}")
+        return d["atom_types"], d["bond_orders"]
 
 
 def canonical(smiles) -> list:
