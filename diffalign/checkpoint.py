@@ -90,6 +90,16 @@ class Checkpointer:
             ) from e
         return restored["state"], restored.get("config") if "config" in item_names else None
 
+    def read_config(self, step: int | None = None) -> dict | None:
+        """The config saved with a checkpoint (default: the latest), without restoring its state."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no complete checkpoint in {self.directory}")
+        if "config" not in self._item_names(step):
+            return None
+        restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return restored["config"]
+
     def _item_names(self, step: int) -> set[str]:
         path = os.path.join(self.directory, str(step))
         try:

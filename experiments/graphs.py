@@ -53,6 +53,8 @@ class TrainConfig:
     data_dir: str = field("", "folder holding graphs/ and molecules/ (default: $DIFFALIGN_DATA or ../shared/data)")
     seed: int = field(-1, "training seed (-1: the released checkpoint's seed)")
     epochs: int = field(0, "training epochs (0: the paper's)")
+    train_minutes: float = field(0.0, "short-budget run: stop training at the first log boundary after this many "
+                                      "minutes (0: no limit); the schedule stays the full run's")
     sample_seeds: tuple[int, ...] = field((0, 1, 2), "sampling seeds for the final evaluation")
     num_samples: int = field(0, "graphs per sampling seed (0: as many as the test set)")
     solver: str = field("", "override the data set's solver", choices=("",) + SOLVERS)
@@ -60,14 +62,16 @@ class TrainConfig:
     corrector: str = field("", "override the corrector", choices=("",) + CORRECTORS)
     num_scales: int = field(1000, "reverse steps N")
     use_ema: str = field("config", "sample with EMA weights: config | yes | no", choices=("config", "yes", "no"))
+    score: bool = field(True, "score the samples (--no-score: only write them, e.g. on a machine without RDKit; "
+                              "`graphs evaluate` scores them later)")
     log_every_epochs: int = field(50, "log interval in epochs")
     checkpoint_every_epochs: int = field(500, "checkpoint interval in epochs")
 
     def __post_init__(self):
         validate_choices(self)
         require_positive(self, "num_scales", "log_every_epochs", "checkpoint_every_epochs")
-        if self.epochs < 0 or self.num_samples < 0:
-            raise ValueError("epochs and num_samples must be >= 0")
+        if self.epochs < 0 or self.num_samples < 0 or self.train_minutes < 0:
+            raise ValueError("epochs, train_minutes and num_samples must be >= 0")
 
     def smoke(self):
         generic = get_config(self.dataset).kind == "generic"
@@ -88,6 +92,7 @@ class SampleConfig:
     corrector: str = field("", "override the corrector", choices=("",) + CORRECTORS)
     num_scales: int = field(1000, "reverse steps N")
     use_ema: str = field("config", "sample with EMA weights: config | yes | no", choices=("config", "yes", "no"))
+    score: bool = field(True, "score the samples (--no-score: only write them)")
 
     def __post_init__(self):
         validate_choices(self)
@@ -148,14 +153,14 @@ class _Generic:
         """GDSS samples generic graphs in rounds of the training batch size."""
         return self.cfg.batch_size
 
-    def save_and_score(self, x, adj, flags, out, tag, first):
+    def save_and_score(self, x, adj, flags, out, tag, first, score=True):
         graphs = quantize_generic(adj, flags)
         gdata.write_edge_lists(os.path.join(out, f"samples_{tag}.npz"), graphs)
         if first:
             gdata.write_edge_lists(os.path.join(out, "samples.npz"), graphs)
-        return graph_mmds(self.test, graphs)
+        return graph_mmds(self.test, graphs) if score else {}
 
-    def score_file(self, path):
+    def score_file(self, path, out):
         generated = gdata.read_edge_lists(path)
         m = graph_mmds(self.test, generated)
         m.update(num_generated=len(generated), num_reference=len(self.test))
@@ -185,8 +190,15 @@ class _Molecules:
         """GDSS samples its 10,000 molecules in one batch."""
         return n
 
-    def save_and_score(self, x, adj, flags, out, tag, first):
-        dec = self.M.decode(np.asarray(x), np.asarray(adj), self.name)
+    def save_and_score(self, x, adj, flags, out, tag, first, score=True):
+        types, bonds = self.M.quantize(np.asarray(x), np.asarray(adj))
+        self.M.save_quantized(os.path.join(out, f"samples_{tag}.npz"), types, bonds, self.name)
+        if not score:
+            return {}
+        return self._decode_and_score(types, bonds, out, tag, first)
+
+    def _decode_and_score(self, types, bonds, out, tag, first):
+        dec = self.M.decode(types, bonds, self.name)
         lines = "\n".join(s or "" for s in dec.smiles) + "\n"
         with open(os.path.join(out, f"samples_{tag}.smi"), "w") as f:
             f.write(lines)
@@ -195,7 +207,14 @@ class _Molecules:
                 f.write(lines)
         return self._score(dec.smiles, dec.valid_without_correction)
 
-    def score_file(self, path):
+    def score_file(self, path, out):
+        """A SMILES file (one per line; validity without correction unknown) or a ``.npz`` of
+        quantized molecules (``atom_types``, ``bond_orders``), decoded here as the sampler does."""
+        if path.endswith(".npz"):
+            types, bonds = self.M.load_quantized(path, self.name)
+            m = self._decode_and_score(types, bonds, out, "decoded", False)
+            m.update(num_generated=len(types), num_reference=len(self.test_smiles))
+            return m
         with open(path) as f:
             smiles = [line.strip() for line in f]
         m = self._score(smiles, None)
@@ -223,7 +242,7 @@ def _dataset(name, cfg, data_dir):
     return (_Generic if cfg.kind == "generic" else _Molecules)(name, cfg, data_dir or None)
 
 
-def _sample_and_score(model, params, data, seeds, n, out, overrides, timer):
+def _sample_and_score(model, params, data, seeds, n, out, overrides, timer, score=True):
     """Sample ``n`` graphs per seed as the reference does: in rounds of ``data.sample_batch(n)``
     graphs (the sampler's step size uses batch means), truncated to ``n``."""
     f = sampler(model, params, **overrides)
@@ -243,8 +262,8 @@ def _sample_and_score(model, params, data, seeds, n, out, overrides, timer):
             fls.append(np.asarray(flags))
         with timer("evaluate"):
             per_seed[s] = data.save_and_score(np.concatenate(xs)[:n], np.concatenate(adjs)[:n],
-                                              np.concatenate(fls)[:n], out, f"seed{s}", s == seeds[0])
-        print(f"sampling seed {s}: " + " ".join(f"{k} {v:.4f}" for k, v in per_seed[s].items()))
+                                              np.concatenate(fls)[:n], out, f"seed{s}", s == seeds[0], score)
+        print(f"sampling seed {s}: " + (" ".join(f"{k} {v:.4f}" for k, v in per_seed[s].items()) or "saved, not scored"))
     return per_seed
 
 
@@ -255,7 +274,7 @@ def _summary(per_seed: dict, keys) -> dict:
         if vals:
             out[k] = float(np.mean(vals))
             out[f"{k}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-    if "degree" in keys:
+    if "degree" in out:
         out["average"] = float(np.mean([out["degree"], out["clustering"], out["orbit"]]))
     out["per_seed"] = {str(s): m for s, m in per_seed.items()}
     return out
@@ -291,15 +310,17 @@ def train_run(c: TrainConfig, out: str, smoke: bool = False) -> dict:
             config={"dataset": c.dataset, "seed": seed, "gdss": dataclasses.asdict(cfg), "data": c.data_dir},
             steps_per_call=spe * min(c.log_every_epochs, max(1, 2000 // spe)), log_every=spe * c.log_every_epochs,
             checkpoint_every=spe * c.checkpoint_every_epochs,
+            time_limit_s=60 * c.train_minutes if c.train_minutes else None,
         )
     st = result.state
     params = st.ema_params if _use_ema(c.use_ema, cfg) else st.params
     n = c.num_samples or data.default_samples
-    per_seed = _sample_and_score(model, params, data, c.sample_seeds, n, out, _overrides(c, cfg), timer)
+    per_seed = _sample_and_score(model, params, data, c.sample_seeds, n, out, _overrides(c, cfg), timer, c.score)
     metrics = _summary(per_seed, data.keys)
     solver = c.solver or cfg.solver
     metrics.update(
-        num_samples=n, train_steps=int(st.step), final_loss=result.summary["final_metrics"].get("loss"),
+        num_samples=n, train_steps=int(st.step), train_epochs=int(st.step) / spe,
+        stopped_early=result.summary["stopped_early"], final_loss=result.summary["final_metrics"].get("loss"),
         train_steps_per_sec=result.summary["steps_per_sec"],
         train_s_all_segments=result.summary.get("train_s_all_segments"),
         nfe_per_graph=c.num_scales * evaluations_per_step(solver, c.corrector or cfg.corrector),
@@ -311,16 +332,27 @@ def train_run(c: TrainConfig, out: str, smoke: bool = False) -> dict:
     return {k: v for k, v in metrics.items() if k != "per_seed"}
 
 
+def _trained_config(run: str) -> dict:
+    """A training run's config: from its results.json, or, for a run stopped before it wrote one
+    (interrupted, killed), from its latest checkpoint."""
+    results_path = os.path.join(run, "results.json")
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            return json.load(f)["config"]
+    ckpt_dir = os.path.join(run, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"{run}: neither results.json nor checkpoints/ (not a `graphs train` run)")
+    with Checkpointer(ckpt_dir) as ck:
+        tc = ck.read_config()
+    if not tc or "dataset" not in tc:
+        raise ValueError(f"{ckpt_dir}: the latest checkpoint has no run config")
+    return {"dataset": tc["dataset"], "data_dir": tc.get("data", "")}
+
+
 def sample_run(c: SampleConfig, out: str, smoke: bool = False) -> dict:
     if smoke:
         c = c.smoke()
-    results_path = os.path.join(c.run, "results.json")
-    try:
-        with open(results_path) as f:
-            trained = json.load(f)
-    except OSError as e:
-        raise FileNotFoundError(f"{results_path}: not a finished `graphs train` run ({e})") from e
-    tc = trained["config"]
+    tc = _trained_config(c.run)
     cfg = get_config(tc["dataset"])
     out = prepare_out(out)
     timer = Timer()
@@ -333,7 +365,7 @@ def sample_run(c: SampleConfig, out: str, smoke: bool = False) -> dict:
         state, _ = ck.restore(like)
     params = state.ema_params if _use_ema(c.use_ema, cfg) else state.params
     n = c.num_samples or data.default_samples
-    per_seed = _sample_and_score(model, params, data, c.seeds, n, out, _overrides(c, cfg), timer)
+    per_seed = _sample_and_score(model, params, data, c.seeds, n, out, _overrides(c, cfg), timer, c.score)
     metrics = _summary(per_seed, data.keys)
     write_json(os.path.join(out, "metrics.json"), {k: metrics[k] for k in data.keys if k in metrics})
     write_results(out, experiment="graphs sample", config=c, metrics=metrics,
@@ -348,7 +380,7 @@ def evaluate_run(c: EvaluateConfig, out: str, smoke: bool = False) -> dict:
     t0 = time.perf_counter()
     if not os.path.exists(c.samples):
         raise FileNotFoundError(f"--samples {c.samples} not found")
-    metrics = _dataset(c.dataset, cfg, c.data_dir).score_file(c.samples)
+    metrics = _dataset(c.dataset, cfg, c.data_dir).score_file(c.samples, out)
     write_json(os.path.join(out, "metrics.json"), metrics)
     write_results(out, experiment="graphs evaluate", config=c, metrics=metrics,
                   timings={"total_s": time.perf_counter() - t0})

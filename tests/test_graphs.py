@@ -253,3 +253,9 @@ def test_graphs_commands_keep_the_contract(tmp_path):
     assert t["metrics"]["orbit_std"] == 0 or np.isnan(t["metrics"]["orbit_std"])
     assert t["rows"]["average"]["paper"] == pytest.approx(0.046, abs=1e-3) and (tab / "table.md").exists()
     assert main(["graphs", "table", "--runs", str(tmp_path / "nowhere"), "--out", str(tab)]) == 1
+    # sampling from a run that never wrote results.json (killed): the config comes from the checkpoint
+    os.remove(out / "results.json")
+    smp = tmp_path / "sample"
+    assert main(["graphs", "sample", "--run", str(out), "--seeds", "5", "--num-scales", "10", "--no-score",
+                 "--out", str(smp)]) == 0
+    assert len(gdata.read_edge_lists(str(smp / "samples_seed5.npz"))) == 20 and not (smp / "metrics.json").read_text().strip("{}\n ")

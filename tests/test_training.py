@@ -111,6 +111,21 @@ def test_resumed_run_is_bit_identical(tmp_path):
     assert both == pytest.approx(sum(10 / json.loads(r)["steps_per_sec"] for r in rows))
 
 
+def test_time_limit_stops_at_a_log_boundary_with_a_checkpoint_and_resumes(tmp_path):
+    loss_fn, opt, state = setup()
+    step = make_train_step(loss_fn, opt)
+    kw = dict(steps_per_call=10, log_every=10, checkpoint_every=40, progress=False)
+    cut = train(state, step, batch_fn, num_steps=40, workdir=str(tmp_path / "cut"), time_limit_s=0.0, **kw)
+    assert int(cut.state.step) == 10 and "step 10 of 40" in cut.summary["stopped_early"]
+    with Checkpointer(str(tmp_path / "cut" / "checkpoints")) as ck:
+        assert ck.latest_step() == 10  # saved although 10 is not a checkpoint interval
+    rest = train(state, step, batch_fn, num_steps=40, workdir=str(tmp_path / "cut"), **kw)
+    full = train(state, step, batch_fn, num_steps=40, **kw)
+    assert rest.summary["stopped_early"] is None and rest.summary["resumed_from"] == 10
+    for a, b in zip(leaves(full.state), leaves(rest.state)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_read_log_keeps_the_last_row_of_a_step_logged_twice(tmp_path):
     rows = [{"step": 10, "steps_per_sec": 5.0}, {"step": 20, "steps_per_sec": 5.0},
             {"step": 20, "steps_per_sec": 10.0}, {"step": 30, "steps_per_sec": 10.0}]

@@ -163,6 +163,7 @@ def train(
     resume_ignore: tuple[str, ...] = ("num_steps",),
     on_log: Callable | None = None,
     desc: str = "train",
+    time_limit_s: float | None = None,
 ) -> TrainResult:
     """Train ``state`` with ``step_fn`` until ``state.step == num_steps``.
 
@@ -182,6 +183,9 @@ def train(
       log_every / checkpoint_every: intervals in steps (checkpoints also at the end).
       mesh: a device mesh for data-parallel training (batch split over "data").
       on_log: called as ``on_log(step, metrics)`` after each log row.
+      time_limit_s: stop at the first log boundary after this many seconds of training
+        (compilation not counted), with a checkpoint there; ``summary["stopped_early"]`` says so.
+        For short-budget runs: the schedule is that of the full run, cut short.
     """
     for name, v in (("num_steps", num_steps), ("steps_per_call", steps_per_call), ("log_every", log_every)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
@@ -231,6 +235,7 @@ def train(
     t_since_log = 0.0
     run_steps_since_log = 0
     last_metrics: dict = {}
+    stopped_early = False
     try:
         while step < num_steps:
             n = min([b - step % b for b in boundaries] + [num_steps - step])
@@ -269,9 +274,14 @@ def train(
                     bar.set_postfix(loss=f"{row['loss']:.4g}", steps_s=f"{row['steps_per_sec']:.0f}")
                 if on_log is not None:
                     on_log(step, row)
-            if ckpt is not None and ((checkpoint_every and step % checkpoint_every == 0) or step == num_steps):
+            out_of_time = time_limit_s is not None and t_run >= time_limit_s and step % log_every == 0
+            if ckpt is not None and ((checkpoint_every and step % checkpoint_every == 0) or step == num_steps
+                                     or out_of_time):
                 ckpt.save(step, state, config)
                 last_ckpt = step
+            if out_of_time and step < num_steps:
+                stopped_early = True
+                break
     finally:
         if bar is not None:
             bar.close()
@@ -287,6 +297,7 @@ def train(
         "train_s": t_run,
         "steps_per_sec": done / t_run if t_run > 0 else None,
         "final_metrics": last_metrics,
+        "stopped_early": f"time limit {time_limit_s:g} s reached at step {step} of {num_steps}" if stopped_early else None,
     }
     if workdir is not None and main:
         summary["train_s_all_segments"] = logged_train_seconds(read_log(workdir))
