@@ -346,7 +346,7 @@ def _trained_config(run: str) -> dict:
         tc = ck.read_config()
     if not tc or "dataset" not in tc:
         raise ValueError(f"{ckpt_dir}: the latest checkpoint has no run config")
-    return {"dataset": tc["dataset"], "data_dir": tc.get("data", "")}
+    return {"dataset": tc["dataset"], "data_dir": tc.get("data", ""), "seed": tc.get("seed")}
 
 
 def sample_run(c: SampleConfig, out: str, smoke: bool = False) -> dict:
@@ -369,7 +369,8 @@ def sample_run(c: SampleConfig, out: str, smoke: bool = False) -> dict:
     metrics = _summary(per_seed, data.keys)
     write_json(os.path.join(out, "metrics.json"), {k: metrics[k] for k in data.keys if k in metrics})
     write_results(out, experiment="graphs sample", config=c, metrics=metrics,
-                  timings={**timer.times, "total_s": time.perf_counter() - t0}, extra={"smoke": smoke})
+                  timings={**timer.times, "total_s": time.perf_counter() - t0},
+                  extra={"smoke": smoke, "dataset": tc["dataset"], "training_seed": tc.get("seed")})
     return {k: v for k, v in metrics.items() if k != "per_seed"}
 
 
@@ -426,7 +427,7 @@ def table_run(c: TableConfig, out: str, smoke: bool = False) -> dict:
         if paper.get(k):
             rows[k]["ratio_to_paper"] = rows[k]["mean"] / paper[k]
     out = prepare_out(out)
-    seeds = [r["config"].get("seed") for r in runs]
+    seeds = [r["config"].get("seed", r.get("training_seed")) for r in runs]
     lines = [f"GDSS on {dataset}: {len(runs)} training seeds {seeds}, "
              f"{rows[keys[0]]['pairs'] // max(1, len(runs))} sampling seeds each", "",
              "| metric | ours: mean +- std over training seeds | std over all pairs | paper | ours / paper |",
