@@ -14,3 +14,26 @@ def write_result(out_dir: str, name: str, threads: int, quick: bool, result: dic
         json.dump(result, f, indent=2)
     print(f"wrote {path}")
     return path
+
+
+def time_train_chunks(step, batch_fn, state, chunk: int, repeats: int) -> tuple[float, list[float]]:
+    """Compile ``chunk`` training steps as one program, run it once to warm up, then time it
+    ``repeats`` times: (compile seconds, seconds per step of each timed run)."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    from diffalign.training import make_multi_step
+
+    run = jax.jit(make_multi_step(step, batch_fn, chunk), donate_argnums=0)
+    t0 = time.perf_counter()
+    compiled = run.lower(state).compile()
+    compile_s = time.perf_counter() - t0
+    s = jax.block_until_ready(compiled(jax.tree.map(jnp.copy, state))[0])
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        s = jax.block_until_ready(compiled(s)[0])
+        times.append((time.perf_counter() - t0) / chunk)
+    return compile_s, times

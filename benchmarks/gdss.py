@@ -42,14 +42,14 @@ if ARGS.threads == 1 and hasattr(os, "sched_getaffinity") and len(os.sched_getaf
     sys.exit("--threads 1 measures one core: run it as `taskset -c 0 python benchmarks/gdss.py --threads 1`")
 
 import jax  # noqa: E402
-from common import write_result  # noqa: E402
+from common import time_train_chunks, write_result  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from diffalign.graphs import data as gdata  # noqa: E402
 from diffalign.graphs.configs import get_config  # noqa: E402
 from diffalign.graphs.gdss import build_model, make_batch_fn, make_step, sampler  # noqa: E402
-from diffalign.training import init_train_state, make_multi_step  # noqa: E402
+from diffalign.training import init_train_state  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data")
 
@@ -67,16 +67,7 @@ def train_row(cfg, x, adj, chunk, repeats):
     state = init_train_state(model.params, opt, jax.random.key(0))
     bf = make_batch_fn(x, adj, cfg.batch_size, 1)
     one = jax.jit(step).lower(state, bf(0)).compile()
-    run = jax.jit(make_multi_step(step, bf, chunk), donate_argnums=0)
-    t0 = time.perf_counter()
-    compiled = run.lower(state).compile()
-    compile_s = time.perf_counter() - t0
-    s = jax.block_until_ready(compiled(jax.tree.map(jnp.copy, state))[0])
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        s = jax.block_until_ready(compiled(s)[0])
-        times.append((time.perf_counter() - t0) / chunk)
+    compile_s, times = time_train_chunks(step, bf, state, chunk, repeats)
     step_s = float(np.median(times))
     f = flops_of(one)
     return {"graphs": len(x), "nodes": x.shape[1], "compile_s": compile_s, "step_s": step_s, "step_s_runs": times,

@@ -29,7 +29,9 @@ import numpy as np
 from diffalign.graphs.configs import CONFIGS, get_config
 from diffalign.graphs.gdss import build_model, make_step, sampler, steps_per_epoch
 from diffalign.graphs.sampling import evaluations_per_step
-from diffalign.training import init_train_state, make_multi_step
+from diffalign.training import init_train_state
+
+from common import time_train_chunks
 
 # Training-set and test-set sizes (GDSS's splits; see ../shared/reference/gdss-method.md).
 SPLITS = {"community_small": (80, 20), "ego_small": (160, 40), "ENZYMES": (470, 117), "grid": (80, 20),
@@ -66,16 +68,7 @@ def train_row(cfg, num_train, chunk, repeats, rng):
     state = init_train_state(model.params, opt, jax.random.key(0))
     x, a, _ = random_batch(cfg, cfg.batch_size, rng)
     batch = {"x": x, "adj": a, "mask": jnp.ones((cfg.batch_size,), jnp.float32)}
-    run = jax.jit(make_multi_step(step, lambda i: batch, chunk), donate_argnums=0)
-    t0 = time.perf_counter()
-    compiled = run.lower(state).compile()
-    compile_s = time.perf_counter() - t0
-    s = jax.block_until_ready(compiled(jax.tree.map(jnp.copy, state))[0])
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        s = jax.block_until_ready(compiled(s)[0])
-        times.append((time.perf_counter() - t0) / chunk)
+    compile_s, times = time_train_chunks(step, lambda i: batch, state, chunk, repeats)
     return {"batch": cfg.batch_size, "compile_s": compile_s, "step_s": float(np.median(times)), "step_s_runs": times}
 
 
