@@ -300,7 +300,7 @@ def train_run(c: TrainConfig, out: str, smoke: bool = False) -> dict:
         data = _dataset(c.dataset, cfg, c.data_dir)
     seed = cfg.train_seed if c.seed < 0 else c.seed
     model = build_model(cfg, seed)
-    opt, step = make_step(model, data.num_train)
+    opt, step = make_step(model, data.flags)
     spe = steps_per_epoch(data.num_train, min(cfg.batch_size, data.num_train))
     epochs = c.epochs or cfg.epochs
     state = init_train_state(model.params, opt, jax.random.key(seed))
@@ -359,7 +359,7 @@ def sample_run(c: SampleConfig, out: str, smoke: bool = False) -> dict:
     t0 = time.perf_counter()
     data = _dataset(tc["dataset"], cfg, tc.get("data_dir"))
     model = build_model(cfg, 0)  # shapes only: the parameters come from the checkpoint
-    opt, _ = make_step(model, data.num_train)
+    opt, _ = make_step(model, data.flags)
     like = init_train_state(model.params, opt, jax.random.key(0))
     with Checkpointer(os.path.join(c.run, "checkpoints")) as ck:
         state, _ = ck.restore(like)

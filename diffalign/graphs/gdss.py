@@ -17,7 +17,7 @@ from .configs import GDSSConfig
 from .data import EdgeLists
 from .networks import ScoreNetworkA, ScoreNetworkX
 from .sampling import sample_graphs
-from .system import GraphSDE, gdss_loss, score_from_output
+from .system import GraphSDE, fits_layout, gdss_loss, node_flags, score_from_output, size_buckets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,18 +80,36 @@ def make_molecule_batch_fn(types: np.ndarray, bonds: np.ndarray, num_types: int,
     return batch_fn
 
 
-def make_step(model: GDSSModel, num_graphs: int):
-    """GDSS's optimisation: per network, clip to norm 1, L2 1e-4 (PyTorch Adam), Adam, lr decayed
-    by 0.999 per epoch; EMA 0.999 with warm-up min(0.999, (1+n)/(10+n))."""
+def make_step(model: GDSSModel, train_flags, *, num_buckets: int = 4):
+    """GDSS's optimisation on these training graphs' node flags (G, N): per network, clip to norm
+    1, L2 1e-4 (PyTorch Adam), Adam, lr decayed by 0.999 per epoch; EMA 0.999 with warm-up
+    min(0.999, (1+n)/(10+n)). The loss evaluates the networks in ``num_buckets`` size buckets
+    (``system.size_buckets``: the same loss, less work on padding); 1 turns that off."""
     cfg = model.config
+    num_graphs = len(train_flags)
     spe = steps_per_epoch(num_graphs, min(cfg.batch_size, num_graphs))
     opt = per_module(
         make_optimizer(cfg.lr, schedule="exponential", decay_rate=cfg.lr_decay, decay_steps=spe,
                        l2=cfg.weight_decay, clip_norm=cfg.grad_clip),
         ("x", "a"),
     )
-    step = make_train_step(gdss_loss(model.gsde, model.apply_x, model.apply_a), opt, ema_decay=cfg.ema,
-                           ema_warmup=True)
+
+    def train_step(layout):
+        loss = gdss_loss(model.gsde, model.apply_x, model.apply_a, layout)
+        return make_train_step(loss, opt, ema_decay=cfg.ema, ema_warmup=True)
+
+    padded = train_step(None)
+    layout = size_buckets(train_flags, cfg.batch_size, num_buckets) if num_buckets > 1 else None
+    if layout is None or all(cap >= cfg.max_nodes for _, cap in layout):
+        return opt, padded
+    by_buckets = train_step(layout)
+
+    def step(state, batch):
+        flags = node_flags(batch["adj"])
+        if "mask" in batch:
+            flags = flags * (batch["mask"][:, None] > 0)
+        return jax.lax.cond(fits_layout(layout, flags), by_buckets, padded, state, batch)
+
     return opt, step
 
 
