@@ -17,7 +17,7 @@ from .configs import GDSSConfig
 from .data import EdgeLists
 from .networks import ScoreNetworkA, ScoreNetworkX
 from .sampling import sample_graphs
-from .system import GraphSDE, fits_layout, gdss_loss, node_flags, score_from_output, size_buckets
+from .system import GraphSDE, batch_flags, bucketed, fits_layout, gdss_loss, score_from_output, size_buckets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,22 +105,24 @@ def make_step(model: GDSSModel, train_flags, *, num_buckets: int = 4):
     by_buckets = train_step(layout)
 
     def step(state, batch):
-        flags = node_flags(batch["adj"])
-        if "mask" in batch:
-            flags = flags * (batch["mask"][:, None] > 0)
-        return jax.lax.cond(fits_layout(layout, flags), by_buckets, padded, state, batch)
+        return jax.lax.cond(fits_layout(layout, batch_flags(batch)), by_buckets, padded, state, batch)
 
     return opt, step
 
 
-def score_fns(model: GDSSModel, params: dict):
+def score_fns(model: GDSSModel, params: dict, layout: tuple | None = None):
+    """The X and A score functions; with a ``layout`` the networks are evaluated in size buckets
+    (``system.bucketed``), for flags that fit it."""
     gsde = model.gsde
+    apply_x, apply_a = model.apply_x, model.apply_a
+    if layout is not None:
+        apply_x, apply_a = bucketed(apply_x, layout, False), bucketed(apply_a, layout, True)
 
     def score_x(x, adj, flags, t):
-        return score_from_output(gsde.sde_x, model.apply_x(params["x"], x, adj, flags), t)
+        return score_from_output(gsde.sde_x, apply_x(params["x"], x, adj, flags), t)
 
     def score_a(x, adj, flags, t):
-        return score_from_output(gsde.sde_a, model.apply_a(params["a"], x, adj, flags), t)
+        return score_from_output(gsde.sde_a, apply_a(params["a"], x, adj, flags), t)
 
     return score_x, score_a
 
@@ -132,16 +134,42 @@ def sample_flags(key, train_flags: np.ndarray, n: int):
 
 
 def sampler(model: GDSSModel, params: dict, *, solver=None, predictor=None, corrector=None, snr=None,
-            scale_eps=None, num_scales=None):
-    """A jitted ``f(key, flags) -> (X, A)`` with the config's sampler (keyword overrides)."""
+            scale_eps=None, num_scales=None, num_buckets: int = 4):
+    """``f(key, flags) -> (X, A)`` with the config's sampler (keyword overrides).
+
+    The node flags are fixed for a whole trajectory, so ``f`` reads them once on the host and
+    evaluates the networks in ``num_buckets`` size buckets fitted to them (``system.size_buckets``;
+    the same samples, less work on padding nodes; 1 turns it off), through a jitted sampler
+    compiled once per bucket layout. ``f.lower(key, flags)`` lowers that jitted sampler.
+    """
     cfg = model.config
     gsde = model.gsde if num_scales is None else dataclasses.replace(model.gsde, num_scales=num_scales)
-    sx, sa = score_fns(model, params)
     kw = dict(
         solver=solver or cfg.solver, predictor=predictor or cfg.predictor, corrector=corrector or cfg.corrector,
         snr=cfg.snr if snr is None else snr, scale_eps=cfg.scale_eps if scale_eps is None else scale_eps,
     )
-    return jax.jit(lambda key, flags: sample_graphs(key, gsde, sx, sa, flags, cfg.max_feat, **kw))
+    compiled = {}
+
+    def for_layout(flags):
+        layout = None
+        if num_buckets > 1:
+            try:
+                host_flags = np.asarray(flags)
+            except jax.errors.TracerArrayConversionError:  # inside a caller's jit: evaluate whole
+                host_flags = None
+            if host_flags is not None:
+                layout = size_buckets(host_flags, len(host_flags), num_buckets)
+                layout = layout if any(cap < flags.shape[1] for _, cap in layout) else None
+        if layout not in compiled:
+            sx, sa = score_fns(model, params, layout)
+            compiled[layout] = jax.jit(lambda key, fl: sample_graphs(key, gsde, sx, sa, fl, cfg.max_feat, **kw))
+        return compiled[layout]
+
+    def f(key, flags):
+        return for_layout(flags)(key, flags)
+
+    f.lower = lambda key, flags: for_layout(flags).lower(key, flags)
+    return f
 
 
 def quantize_generic(adj: np.ndarray, flags: np.ndarray) -> EdgeLists:

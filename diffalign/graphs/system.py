@@ -84,6 +84,14 @@ def perturb(gsde: GraphSDE, key, x0, a0, flags, t):
     return xt, at, zx, za
 
 
+def batch_flags(batch: dict):
+    """The node flags of a training batch; graphs with mask 0 (an epoch's padding) are empty."""
+    flags = node_flags(batch["adj"])
+    if "mask" in batch:
+        flags = flags * (batch["mask"][:, None] > 0)
+    return flags
+
+
 def node_extent(flags):
     """Per graph, one past the index of its last real node (its size when real nodes come first)."""
     n = flags.shape[-1]
@@ -160,9 +168,7 @@ def gdss_loss(gsde: GraphSDE, apply_x: Callable, apply_a: Callable, layout: tupl
 
     def loss_fn(params, batch, key):
         x0, a0 = batch["x"], batch["adj"]
-        flags = node_flags(a0)
-        if "mask" in batch:
-            flags = flags * (batch["mask"][:, None] > 0)
+        flags = batch_flags(batch)
         kt, kn = jax.random.split(key)
         t = jax.random.uniform(kt, (x0.shape[0],), x0.dtype, gsde.train_eps, 1.0)
         xt, at, zx, za = perturb(gsde, kn, x0, a0, flags, t)
