@@ -1,0 +1,93 @@
+"""Advantage Weighted Matching (Xue et al., arXiv 2509.25050): advantages and the loss transform.
+
+AWM trains the policy on its own samples with the *pretraining* matching loss, each sample
+weighted by its advantage. The released recipe (method notes:
+``shared/reference/awm-and-preference-objectives.md`` section 1):
+
+* advantages: A_i = clip((r_i - mean of r over i's group) / (std of r over the batch + 1e-4),
+  -5, 5) / 5 (``group_advantages``);
+* per sample and re-noising time, a log-likelihood surrogate log p = -(t/p)[(l + d)^p - d^p]
+  with p = 0.25, d = 1e-10 ("ghuber"; ``"uniform"`` is -l);
+* the objective: mean over samples and times of max(-A rho, -A clip(rho, 1 - eps, 1 + eps)),
+  rho = exp(log p - stopgrad(log p_old)) (on-policy, log p_old is log p itself: rho = 1 and
+  grad rho = grad log p), plus beta ||v - v_ref||^2 and beta_ema ||v - v_ema||^2, read as
+  per-example ``drift_ref`` and ``drift_ema`` when the loss function provides them.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .transforms import LossTransform, _masked_mean, _per_example
+
+WEIGHTINGS = ("ghuber", "uniform")
+
+
+def group_advantages(rewards, groups, num_groups: int, *, clip: float = 5.0, eps: float = 1e-4):
+    """AWM / GRPO advantages: reward minus its group's mean, over the whole batch's std (+ eps),
+    clipped to [-clip, clip] and divided by ``clip`` (so in [-1, 1]).
+
+    ``groups`` holds each sample's group index in [0, num_groups). A group whose rewards are all
+    equal gets zero advantage; so does a batch with one reward value.
+    """
+    rewards = jnp.asarray(rewards, jnp.float32)
+    if rewards.ndim != 1 or jnp.shape(groups) != rewards.shape:
+        raise ValueError(f"rewards and groups must be (B,) arrays, got {rewards.shape} and {jnp.shape(groups)}")
+    total = jax.ops.segment_sum(rewards, groups, num_groups)
+    count = jax.ops.segment_sum(jnp.ones_like(rewards), groups, num_groups)
+    centred = rewards - (total / jnp.maximum(count, 1.0))[groups]
+    return jnp.clip(centred / (jnp.std(rewards) + eps), -clip, clip) / clip
+
+
+def log_likelihood_surrogate(loss, t, weighting: str = "ghuber", p: float = 0.25, delta: float = 1e-10):
+    """AWM's per-sample log p: -(t/p)[(l + delta)^p - delta^p] ("ghuber") or -l ("uniform")."""
+    if weighting == "uniform":
+        return -loss
+    if weighting != "ghuber":
+        raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
+    return -(t / p) * ((loss + delta) ** p - delta**p)
+
+
+def awm(*, weighting: str = "ghuber", clip_eps: float = 1.0, beta: float = 0.0, beta_ema: float = 0.0) -> LossTransform:
+    """The AWM objective as a loss transform.
+
+    Reads from the loss function's output: ``per_example`` (the matching loss l of each
+    (sample, time) row), ``advantage`` (its sample's advantage, a constant), ``t`` (the row's
+    time, for "ghuber"), optionally ``logp_old`` (off-policy; default: on-policy), ``drift_ref``
+    and ``drift_ema`` (per-row ||v - v_ref||^2 and ||v - v_ema||^2, required when beta or
+    beta_ema is non-zero). With zero advantages and beta = beta_ema = 0 its gradient is zero.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
+    if clip_eps <= 0:
+        raise ValueError(f"clip_eps must be positive, got {clip_eps}")
+
+    def apply(out, state, step):
+        del step
+        loss = _per_example(out)
+        for k in ("advantage",) + (("t",) if weighting == "ghuber" else ()):
+            if k not in out:
+                raise KeyError(f"the awm transform reads out[{k!r}], which is missing")
+        adv = jax.lax.stop_gradient(out["advantage"]).astype(loss.dtype)
+        logp = log_likelihood_surrogate(loss, jax.lax.stop_gradient(out.get("t", 0.0)), weighting)
+        old = jax.lax.stop_gradient(out["logp_old"] if "logp_old" in out else logp)
+        ratio = jnp.exp(logp - old)
+        policy = jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps))
+        total = _masked_mean(policy, out)
+        metrics = {"policy_loss": total, "ratio_clipped": _masked_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(loss.dtype), out)}
+        for name, coef in (("drift_ref", beta), ("drift_ema", beta_ema)):
+            if coef:
+                if name not in out:
+                    raise KeyError(f"awm with a non-zero weight on {name} reads out[{name!r}], which is missing")
+                term = _masked_mean(out[name], out)
+                total = total + coef * term
+                metrics[name] = term
+        return total, state, metrics
+
+    return LossTransform(lambda: (), apply)
+
+
+def ema_anchor_decay(step) -> jax.Array:
+    """The decay of AWM's EMA anchor after update ``step``: min(0.3, 0.001 step)."""
+    return jnp.minimum(0.3, 0.001 * jnp.asarray(step, jnp.float32))
