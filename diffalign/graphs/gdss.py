@@ -140,7 +140,8 @@ def sampler(model: GDSSModel, params: dict, *, solver=None, predictor=None, corr
     The node flags are fixed for a whole trajectory, so ``f`` reads them once on the host and
     evaluates the networks in ``num_buckets`` size buckets fitted to them (``system.size_buckets``;
     the same samples, less work on padding nodes; 1 turns it off), through a jitted sampler
-    compiled once per bucket layout. ``f.lower(key, flags)`` lowers that jitted sampler.
+    compiled once per bucket layout (caps rounded up to multiples of N/16, so that successive
+    draws of flags mostly share one). ``f.lower(key, flags)`` lowers that jitted sampler.
     """
     cfg = model.config
     gsde = model.gsde if num_scales is None else dataclasses.replace(model.gsde, num_scales=num_scales)
@@ -158,7 +159,8 @@ def sampler(model: GDSSModel, params: dict, *, solver=None, predictor=None, corr
             except jax.errors.TracerArrayConversionError:  # inside a caller's jit: evaluate whole
                 host_flags = None
             if host_flags is not None:
-                layout = size_buckets(host_flags, len(host_flags), num_buckets)
+                n = host_flags.shape[1]  # caps rounded to N/16: fewer distinct layouts to compile
+                layout = size_buckets(host_flags, len(host_flags), num_buckets, round_to=max(1, n // 16))
                 layout = layout if any(cap < flags.shape[1] for _, cap in layout) else None
         if layout not in compiled:
             sx, sa = score_fns(model, params, layout)

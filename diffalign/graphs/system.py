@@ -98,7 +98,7 @@ def node_extent(flags):
     return jnp.max(jnp.where(flags > 0, jnp.arange(1, n + 1, dtype=jnp.int32), 0), axis=-1)
 
 
-def size_buckets(train_flags, batch_size: int, num_buckets: int = 4) -> tuple:
+def size_buckets(train_flags, batch_size: int, num_buckets: int = 4, round_to: int = 1) -> tuple:
     """A static layout ``((count, cap), ...)`` for evaluating the networks on batches drawn from
     these training graphs, largest graphs first, each bucket truncated to ``cap`` nodes.
 
@@ -107,7 +107,8 @@ def size_buckets(train_flags, batch_size: int, num_buckets: int = 4) -> tuple:
     can be cut to the set's size at its first position. The networks ignore padding nodes (every
     input, output and noise is masked by the flags), so cutting them changes no result; it saves
     the quadratic work on the padding, the more so the more the sizes vary (ego_small: 4 to 16 of
-    18 nodes). Returns a single bucket when cutting would save nothing.
+    18 nodes). Caps are rounded up to a multiple of ``round_to`` (at most N), so that nearby
+    size mixes share one layout. Returns a single bucket when cutting would save nothing.
     """
     ext = np.sort(np.asarray(node_extent(jnp.asarray(train_flags))))[::-1]
     b = min(batch_size, len(ext))
@@ -116,7 +117,7 @@ def size_buckets(train_flags, batch_size: int, num_buckets: int = 4) -> tuple:
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         if hi <= lo:
             continue
-        cap = max(int(ext[lo]), 1)
+        cap = min(-(-max(int(ext[lo]), 1) // round_to) * round_to, np.shape(train_flags)[-1])
         if layout and layout[-1][1] == cap:
             layout[-1] = (layout[-1][0] + int(hi - lo), cap)
         else:
