@@ -70,11 +70,11 @@ def train_row(cfg, x, adj, flags, chunk, repeats):
     model = build_model(cfg, 0)
     bf = make_batch_fn(x, adj, cfg.batch_size, 1)
     row = {"graphs": len(x), "nodes": x.shape[1]}
+    opt, padded = make_step(model, flags, num_buckets=1)
+    state = init_train_state(model.params, opt, jax.random.key(0))
+    f = flops_of(jax.jit(padded).lower(state, bf(0)).compile())
     for name, buckets in (("padded", 1), ("bucketed", 4)):
-        opt, step = make_step(model, flags, num_buckets=buckets)
-        state = init_train_state(model.params, opt, jax.random.key(0))
-        if buckets == 1:
-            f = flops_of(jax.jit(step).lower(state, bf(0)).compile())
+        _, step = make_step(model, flags, num_buckets=buckets)
         compile_s, times = time_train_chunks(step, bf, state, chunk, repeats)
         step_s = float(np.median(times))
         row[name] = {"compile_s": compile_s, "step_s": step_s, "step_s_runs": times,

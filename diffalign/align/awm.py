@@ -75,7 +75,8 @@ def awm(*, weighting: str = "ghuber", clip_eps: float = 1.0, beta: float = 0.0, 
         ratio = jnp.exp(logp - old)
         policy = jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps))
         total = _masked_mean(policy, out)
-        metrics = {"policy_loss": total, "ratio_clipped": _masked_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(loss.dtype), out)}
+        clipped = (jnp.abs(ratio - 1.0) > clip_eps).astype(loss.dtype)
+        metrics = {"policy_loss": total, "ratio_clipped": _masked_mean(clipped, out)}
         for name, coef in (("drift_ref", beta), ("drift_ema", beta_ema)):
             if coef:
                 if name not in out:
