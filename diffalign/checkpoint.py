@@ -10,6 +10,7 @@ restores onto any device layout.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -82,13 +83,28 @@ class Checkpointer:
         if "config" in item_names:
             args["config"] = ocp.args.JsonRestore()
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+            try:
+                restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+            except ValueError:
+                restored = self._restore_without_aux(step, target, args)
+                if restored is None:
+                    raise
         except Exception as e:
             raise CheckpointError(
                 f"could not restore checkpoint step {step} from {self.directory}: {type(e).__name__}: {e}. "
                 "If the model or optimizer changed since it was written, start a new run directory."
             ) from e
         return restored["state"], restored.get("config") if "config" in item_names else None
+
+    def _restore_without_aux(self, step, target, args):
+        """A state written before ``TrainState`` had its ``aux`` field (``None`` for every run but
+        alignment) restores into a target whose ``aux`` is ``None``; otherwise returns None."""
+        if not (dataclasses.is_dataclass(target) and getattr(target, "aux", 0) is None):
+            return None
+        fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target) if f.name != "aux"}
+        args = {**args, "state": ocp.args.StandardRestore(_abstract(fields))}
+        restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+        return {**restored, "state": target.replace(**restored["state"])}
 
     def read_config(self, step: int | None = None) -> dict | None:
         """The config saved with a checkpoint (default: the latest), without restoring its state."""

@@ -17,6 +17,8 @@ EXPERIMENTS = {
     "toy2d": ("experiments.toy2d", "2-D toys: flow matching (I-CFM, OT-CFM, rectified flow) and DSM (VP, sub-VP, VE)"),
     "toy2d-table": ("experiments.toy2d_table", "the published 2-D flow-matching comparisons, over training seeds"),
     "digits": ("experiments.digits", "class-conditional diffusion on scikit-learn's 8x8 digits, with guidance and bits/dim"),
+    "align": ("experiments.align", "reward alignment of a pretrained flow model: AWM, DDPO / Flow-GRPO, preference objectives"),
+    "align-sweep": ("experiments.align_sweep", "AWM vs the DDPO baseline on the ring: learning rates x seeds, and the beta sweep"),
     "graphs": ("experiments.graphs", "GDSS graph generation: `graphs train|sample|evaluate`"),
 }
 

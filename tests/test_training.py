@@ -222,3 +222,29 @@ def test_ema_warmup_and_optimizer_schedule():
         ups.append(float(u["w"]))
     np.testing.assert_allclose(np.abs(ups), [1.0, 0.5, 0.25], rtol=1e-3)
     assert isinstance(make_optimizer(1e-3, name="adamw", weight_decay=1e-5), optax.GradientTransformation)
+
+
+def test_checkpoints_from_before_the_aux_field_still_restore(tmp_path):
+    # states written before TrainState gained ``aux`` (every GDSS run of issue 3) restore into
+    # a state whose aux is None
+    from flax import struct
+
+    @struct.dataclass
+    class OldState:
+        params: object
+        opt_state: object
+        ema_params: object
+        step: jax.Array
+        key: jax.Array
+        transform_state: object
+
+    opt = optax.adam(1e-3)
+    new = init_train_state({"w": jnp.arange(3.0)}, opt, jax.random.key(0))
+    old = OldState(**{f: getattr(new, f) for f in ("params", "opt_state", "ema_params", "step", "key", "transform_state")})
+    old = old.replace(params={"w": jnp.array([5.0, 6.0, 7.0])})
+    with Checkpointer(tmp_path / "ck") as ck:
+        ck.save(1, old)
+    with Checkpointer(tmp_path / "ck") as ck:
+        restored, _ = ck.restore(new)
+    assert isinstance(restored, type(new)) and restored.aux is None
+    np.testing.assert_array_equal(restored.params["w"], [5.0, 6.0, 7.0])

@@ -1,4 +1,38 @@
-"""Alignment objectives as loss transforms (see ``transforms``); AWM in ``awm``."""
+"""Alignment as a loss transform.
 
-from .awm import awm as awm, group_advantages as group_advantages, log_likelihood_surrogate as log_likelihood_surrogate
-from .transforms import LossTransform as LossTransform, mean as mean, weighted as weighted
+* ``transforms``: the interface (``LossTransform``), ``mean``, ``weighted``, ``combine`` (weighted
+  sums of objectives), ``RewardTransform`` and ``with_rewards`` (reward-side transforms in front).
+* ``awm``: Advantage Weighted Matching's transform and group advantages.
+* ``preference``: Diffusion-DPO, RPO, Diffusion-KTO, BCO, LiPO-lambda, RWR.
+* ``rewards``: the log-sigmoid (LSC) reward transform, dynamic multi-objective weights, Lagrangian
+  constraints.
+* ``rl``: rollouts and the per-row losses of AWM and the DDPO / Flow-GRPO baseline.
+"""
+
+from .awm import (
+    WEIGHTINGS as WEIGHTINGS,
+    advantages as advantages,
+    awm as awm,
+    ema_anchor_decay as ema_anchor_decay,
+    group_advantages as group_advantages,
+    log_likelihood_surrogate as log_likelihood_surrogate,
+)
+from .preference import (
+    bco as bco,
+    chosen_mean as chosen_mean,
+    dpo as dpo,
+    implicit_reward as implicit_reward,
+    kto as kto,
+    lipo as lipo,
+    rpo as rpo,
+    rwr as rwr,
+)
+from .rewards import dynamic_weights as dynamic_weights, lagrangian as lagrangian, log_sigmoid_reward as log_sigmoid_reward
+from .transforms import (
+    LossTransform as LossTransform,
+    RewardTransform as RewardTransform,
+    combine as combine,
+    mean as mean,
+    weighted as weighted,
+    with_rewards as with_rewards,
+)

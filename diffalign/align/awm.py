@@ -37,6 +37,10 @@ def group_advantages(rewards, groups, num_groups: int, *, clip: float = 5.0, eps
     total = jax.ops.segment_sum(rewards, groups, num_groups)
     count = jax.ops.segment_sum(jnp.ones_like(rewards), groups, num_groups)
     centred = rewards - (total / jnp.maximum(count, 1.0))[groups]
+    # exactly zero for a group of equal rewards (the rounded mean would leave ~1e-8, which the
+    # eps-sized std divides into a visible advantage and Adam into a full step)
+    spread = jax.ops.segment_max(rewards, groups, num_groups) - jax.ops.segment_min(rewards, groups, num_groups)
+    centred = jnp.where(spread[groups] > 0, centred, 0.0)
     return jnp.clip(centred / (jnp.std(rewards) + eps), -clip, clip) / clip
 
 
@@ -53,7 +57,9 @@ def awm(*, weighting: str = "ghuber", clip_eps: float = 1.0, beta: float = 0.0, 
     """The AWM objective as a loss transform.
 
     Reads from the loss function's output: ``per_example`` (the matching loss l of each
-    (sample, time) row), ``advantage`` (its sample's advantage, a constant), ``t`` (the row's
+    (sample, time) row), ``advantage`` (its sample's advantage, a constant) or else ``reward``
+    and optionally ``group`` (turned into advantages by ``group_advantages``; a reward
+    transform chained in front with ``with_rewards`` rewrites them first), ``t`` (the row's
     time, for "ghuber"), optionally ``logp_old`` (off-policy; default: on-policy), ``drift_ref``
     and ``drift_ema`` (per-row ||v - v_ref||^2 and ||v - v_ema||^2, required when beta or
     beta_ema is non-zero). With zero advantages and beta = beta_ema = 0 its gradient is zero.
@@ -66,10 +72,9 @@ def awm(*, weighting: str = "ghuber", clip_eps: float = 1.0, beta: float = 0.0, 
     def apply(out, state, step):
         del step
         loss = _per_example(out)
-        for k in ("advantage",) + (("t",) if weighting == "ghuber" else ()):
-            if k not in out:
-                raise KeyError(f"the awm transform reads out[{k!r}], which is missing")
-        adv = jax.lax.stop_gradient(out["advantage"]).astype(loss.dtype)
+        if weighting == "ghuber" and "t" not in out:
+            raise KeyError("the awm transform with ghuber weighting reads the rows' times out['t'], which is missing")
+        adv = jax.lax.stop_gradient(advantages(out)).astype(loss.dtype)
         logp = log_likelihood_surrogate(loss, jax.lax.stop_gradient(out.get("t", 0.0)), weighting)
         old = jax.lax.stop_gradient(out["logp_old"] if "logp_old" in out else logp)
         ratio = jnp.exp(logp - old)
@@ -87,6 +92,22 @@ def awm(*, weighting: str = "ghuber", clip_eps: float = 1.0, beta: float = 0.0, 
         return total, state, metrics
 
     return LossTransform(lambda: (), apply)
+
+
+def advantages(out: dict) -> jax.Array:
+    """``out["advantage"]``, or the group advantages of ``out["reward"]`` with groups
+    ``out["group"]`` (default: one group). Rows may repeat a sample (one row per re-noising
+    time): repeating every sample equally leaves group means and the batch std unchanged."""
+    if "advantage" in out:
+        return out["advantage"]
+    if "reward" not in out:
+        raise KeyError("the awm transform reads out['advantage'] or out['reward'] (with optional out['group']); neither is there")
+    r = out["reward"]
+    if r.ndim != 1:
+        raise ValueError(f"out['reward'] must have shape (rows,) when advantages are formed, got {r.shape}: combine "
+                         "several objectives first (rewards.dynamic_weights, or a weighted sum)")
+    groups = out.get("group", jnp.zeros(r.shape, jnp.int32))
+    return group_advantages(r, groups, r.shape[0])
 
 
 def ema_anchor_decay(step) -> jax.Array:

@@ -77,3 +77,66 @@ def weighted(key: str = "weight") -> LossTransform:
         return _masked_mean(w * pe, out), state, {"mean_weight": _masked_mean(w, out)}
 
     return LossTransform(lambda: (), apply)
+
+
+def combine(*terms) -> LossTransform:
+    """sum_k c_k L_k over ``(c_k, transform_k)`` pairs: objectives compose by weighted sums.
+
+    Each transform reads the same ``out``; their states are kept as a tuple and their metrics
+    are prefixed with the term's index (``"0/..."``). RPO, for instance, is
+    ``combine((1.0, dpo(beta)), (eta, chosen_mean()))``.
+    """
+    if not terms:
+        raise ValueError("combine needs at least one (coefficient, transform) pair")
+    for term in terms:
+        if not (isinstance(term, tuple) and len(term) == 2 and isinstance(term[1], LossTransform)):
+            raise TypeError(f"combine takes (coefficient, LossTransform) pairs, got {term!r}")
+
+    def init():
+        return tuple(tr.init() for _, tr in terms)
+
+    def apply(out, state, step):
+        total, states, metrics = 0.0, [], {}
+        for i, ((coef, tr), s) in enumerate(zip(terms, state)):
+            loss, s, m = tr.apply(out, s, step)
+            total = total + coef * loss
+            states.append(s)
+            metrics.update({f"{i}/{k}": v for k, v in m.items()})
+            metrics[f"{i}/loss"] = loss
+        return total, tuple(states), metrics
+
+    return LossTransform(init, apply)
+
+
+class RewardTransform(NamedTuple):
+    """A reward-side transform: ``init() -> state``, ``apply(out, state, step) -> (out, state, metrics)``.
+
+    It rewrites ``out["reward"]`` (shape (B,) or (B, objectives)) before a loss transform turns
+    rewards into advantages; chain it in front of one with ``with_rewards``. Its state (a
+    Lagrange multiplier, objective weights) lives in the train state like a loss transform's.
+    """
+
+    init: Callable[[], Any]
+    apply: Callable[[dict, Any, jax.Array], tuple[dict, Any, dict]]
+
+
+def with_rewards(*reward_transforms: RewardTransform, then: LossTransform) -> LossTransform:
+    """Apply reward transforms in order, then the loss transform ``then``: one LossTransform."""
+    for rt in reward_transforms:
+        if not isinstance(rt, RewardTransform):
+            raise TypeError(f"with_rewards takes RewardTransforms before then=, got {type(rt).__name__}")
+
+    def init():
+        return tuple(rt.init() for rt in reward_transforms), then.init()
+
+    def apply(out, state, step):
+        rstates, lstate = state
+        metrics, new = {}, []
+        for rt, s in zip(reward_transforms, rstates):
+            out, s, m = rt.apply(out, s, step)
+            new.append(s)
+            metrics.update(m)
+        loss, lstate, m = then.apply(out, lstate, step)
+        return loss, (tuple(new), lstate), {**metrics, **m}
+
+    return LossTransform(init, apply)

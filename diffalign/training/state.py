@@ -24,6 +24,9 @@ class TrainState:
       step: number of completed updates (int32 scalar).
       key: base PRNG key; step ``n`` uses ``fold_in(key, n)``.
       transform_state: the loss transform's own state (multipliers, running means, ...).
+      aux: parameter-shaped pytrees an objective reads beside ``params`` and carries between
+        steps (AWM's frozen reference and its EMA anchor: ``{"ref": ..., "anchor": ...}``), or
+        ``None``. They share the policy's network definition; only ``params`` is optimised.
     """
 
     params: Any
@@ -32,6 +35,7 @@ class TrainState:
     step: jax.Array
     key: jax.Array
     transform_state: Any
+    aux: Any = None
 
     def eval_params(self):
         """The parameters to sample and evaluate with: the EMA when there is one."""
@@ -45,8 +49,13 @@ def init_train_state(
     transform: LossTransform | None = None,
     *,
     ema: bool = True,
+    aux=None,
 ) -> TrainState:
-    """A fresh TrainState at step 0. ``key`` must be a typed key (``jax.random.key(seed)``)."""
+    """A fresh TrainState at step 0. ``key`` must be a typed key (``jax.random.key(seed)``).
+
+    ``aux``: extra parameter pytrees the loss reads (see ``TrainState.aux``); copied here so the
+    state never aliases the caller's arrays.
+    """
     if not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
         raise TypeError("TrainState needs a typed PRNG key: use jax.random.key(seed), not PRNGKey")
     transform = transform or mean()
@@ -57,4 +66,5 @@ def init_train_state(
         step=jnp.zeros((), jnp.int32),
         key=key,
         transform_state=transform.init(),
+        aux=None if aux is None else jax.tree.map(jnp.copy, aux),
     )

@@ -28,6 +28,7 @@ def make_train_step(
     *,
     ema_decay: float = 0.999,
     ema_warmup: bool = False,
+    aux_update: Callable | None = None,
 ) -> Callable:
     """Return the pure ``step(state, batch) -> (state, metrics)``.
 
@@ -37,20 +38,25 @@ def make_train_step(
     or the gradient is not finite the update is not applied (the state is returned unchanged)
     and ``metrics["nonfinite"]`` is set, so the caller can stop with the last good state.
     The caller chooses ``jax.jit``, shardings and donation.
+
+    When the state carries ``aux`` (parameter pytrees beside ``params``, such as AWM's frozen
+    reference and EMA anchor) the loss is called as ``loss_fn(params, batch, key, aux)``, and
+    after the update ``aux = aux_update(aux, new_params, step)`` when ``aux_update`` is given.
+    Gradients flow to ``params`` only.
     """
     transform = transform or mean()
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
 
-    def objective(params, batch, key, tstate, step):
-        out = loss_fn(params, batch, key)
+    def objective(params, batch, key, tstate, step, aux):
+        out = loss_fn(params, batch, key) if aux is None else loss_fn(params, batch, key, jax.lax.stop_gradient(aux))
         loss, tstate, tmetrics = transform.apply(out, tstate, step)
         return loss, (tstate, tmetrics, out)
 
     def step_fn(state: TrainState, batch):
         key = jax.random.fold_in(state.key, state.step)
         (loss, (tstate, tmetrics, out)), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params, batch, key, state.transform_state, state.step
+            state.params, batch, key, state.transform_state, state.step, state.aux
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -58,10 +64,14 @@ def make_train_step(
         if ema is not None:
             d = ema_decay_at(state.step, ema_decay, ema_warmup)
             ema = optax.incremental_update(params, ema, 1.0 - d)
+        aux = state.aux
+        if aux is not None and aux_update is not None:
+            aux = aux_update(aux, params, state.step)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new = state.replace(
-            params=params, opt_state=opt_state, ema_params=ema, step=state.step + 1, transform_state=tstate
+            params=params, opt_state=opt_state, ema_params=ema, step=state.step + 1, transform_state=tstate,
+            aux=aux,
         )
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite": ~finite, **tmetrics, **_loss_terms(out)}
@@ -71,8 +81,9 @@ def make_train_step(
 
 
 def _loss_terms(out: dict) -> dict:
-    """Batch means of the loss's named terms (keys starting with "loss_"), for the logs."""
-    terms = {}
+    """Batch means of the loss's named terms (keys starting with "loss_"), for the logs, and
+    the scalars the loss reports under ``out["metrics"]`` (rewards, drift, ...)."""
+    terms = {k: jax.lax.stop_gradient(v) for k, v in out.get("metrics", {}).items()}
     for k, v in out.items():
         if k.startswith("loss_"):
             v = jax.lax.stop_gradient(v)

@@ -1,0 +1,300 @@
+"""Reward alignment of a pretrained flow model: AWM, the DDPO / Flow-GRPO baseline, and preference
+objectives on the same rollouts.
+
+Tasks:
+* ``ring``: a flow model pretrained on 8 gaussians (radius 4, std 0.3); reward 1 for a sample
+  in one of two chosen modes (within 4 std), base rate about 0.24.
+* ``digits``: a flow model pretrained on scikit-learn's 8x8 digits; reward = a logistic-regression
+  classifier's probability of one class.
+
+Each epoch: ``samples_per_epoch`` rollouts (14-step Euler ODE; the DDPO SDE for ``ddpo``), rewards,
+one optimizer update. Writes ``results.json`` (``final_reward``, ``epochs_to_target``, per-epoch
+``curves`` of reward and drift), ``samples.npz`` and ``alignment.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from diffalign import align
+from diffalign.align import rl
+from diffalign.align.tasks import RingReward
+from diffalign.losses import flow_matching_loss
+from diffalign.models import MLP, functional
+from diffalign.training import init_train_state, make_optimizer, make_train_step, train
+
+from .common import Timer, field, prepare_out, require_positive, validate_choices, write_results
+
+NAME = "align"
+DESCRIPTION = (
+    "Align a pretrained flow model with a reward: AWM (advantage weighted matching), the DDPO / "
+    "Flow-GRPO policy gradient, or a preference objective (rwr, kto, bco) on the same rollouts; "
+    "reward and drift curves per epoch."
+)
+METHODS = ("awm", "ddpo", "rwr", "kto", "bco")
+TASKS = ("ring", "digits")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    task: str = field("ring", "what to align", choices=TASKS)
+    method: str = field("awm", "objective", choices=METHODS)
+    epochs: int = field(100, "RL epochs (one update each)")
+    samples_per_epoch: int = field(512, "rollouts per epoch (one group: the tasks are unconditional)")
+    rollout_steps: int = field(14, "sampler steps of a rollout")
+    num_times: int = field(6, "AWM: re-noising times per sample (stratified)")
+    lr: float = field(1e-3, "learning rate (Adam, gradient norm clipped at clip_norm)")
+    clip_norm: float = field(1.0, "global gradient-norm clip")
+    weighting: str = field("ghuber", "AWM log-likelihood surrogate", choices=align.WEIGHTINGS)
+    beta: float = field(1e-3, "AWM: weight of ||v - v_ref||^2 to the frozen pretrained model")
+    beta_ema: float = field(1.0, "AWM: weight of ||v - v_ema||^2 to the EMA anchor (0 = off: diverges)")
+    pref_beta: float = field(100.0, "kto / bco: beta on g = l_ref - l_theta")
+    rwr_temperature: float = field(0.2, "rwr: softmax temperature on rewards")
+    target: float = field(0.9, "reward level for epochs_to_target")
+    target_class: int = field(3, "digits: the rewarded class")
+    eval_samples: int = field(4096, "samples of the final evaluation (40-step Euler ODE)")
+    pretrain_steps: int = field(4000, "flow-matching pretraining steps (ring; digits uses 4x)")
+    seed: int = field(0, "RL seed (rollouts, re-noising)")
+    pretrain_seed: int = field(0, "pretraining seed (shared by runs that compare methods)")
+    checkpoint_every: int = field(25, "checkpoint interval in epochs")
+
+    def __post_init__(self):
+        validate_choices(self)
+        require_positive(self, "epochs", "samples_per_epoch", "rollout_steps", "num_times", "eval_samples",
+                         "pretrain_steps", "checkpoint_every")
+        if self.lr <= 0 or self.clip_norm <= 0:
+            raise ValueError(f"lr and clip_norm must be positive, got {self.lr}, {self.clip_norm}")
+        if self.beta < 0 or self.beta_ema < 0:
+            raise ValueError(f"beta and beta_ema must be >= 0, got {self.beta}, {self.beta_ema}")
+        if not 0 <= self.target_class < 10:
+            raise ValueError(f"target_class must be a digit 0-9, got {self.target_class}")
+
+    def smoke(self) -> "Config":
+        return dataclasses.replace(self, epochs=6, samples_per_epoch=64, eval_samples=256, pretrain_steps=200,
+                                   checkpoint_every=3)
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+class Task:
+    """A pretrained model's definition, its data and its reward, for one task."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        if cfg.task == "ring":
+            from diffalign.data.toy2d import get_dataset
+
+            self.shape = (2,)
+            self.hidden, self.time_features = (256, 256, 256), 16
+            self.pretrain_steps, self.batch = cfg.pretrain_steps, 512
+            ring = get_dataset("ring")
+            self.data = lambda key, n: ring.sample(key, n)
+            self.reward = RingReward()
+            self.metrics_fn = self.reward.metrics
+        else:
+            from diffalign.data import digits as D
+
+            train_set, _ = D.load_digits()
+            self.levels, self.labels = train_set["k"].reshape(-1, 64), train_set["y"]
+            self.shape = (64,)
+            self.hidden, self.time_features = (512, 512, 512), 16
+            self.pretrain_steps, self.batch = 4 * cfg.pretrain_steps, 256
+            levels = jnp.asarray(self.levels)
+            self.data = lambda key, n: D.dequantize(key, levels[jax.random.randint(jax.random.fold_in(key, 1), (n,), 0, len(levels))])
+            self.classifier = DigitClassifier(self.levels, self.labels)
+            self.reward = self.classifier.reward(cfg.target_class)
+            self.metrics_fn = self.classifier.metrics(cfg.target_class)
+
+    def model(self, seed: int):
+        return functional(MLP(self.shape[0], self.hidden, activation="silu", time_features=self.time_features,
+                              rngs=nnx.Rngs(seed)))
+
+
+class DigitClassifier:
+    """Logistic regression on pixel levels (scikit-learn), applied in JAX to samples in [-1, 1)."""
+
+    def __init__(self, levels, labels):
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(max_iter=2000).fit(levels / 16.0, labels)
+        self.w, self.b = jnp.asarray(clf.coef_.T, jnp.float32), jnp.asarray(clf.intercept_, jnp.float32)
+
+    def logits(self, x):
+        # x = 2 (k + u) / 17 - 1  ->  k ~ 17 (x + 1) / 2 - 1/2, fitted on k / 16
+        k = jnp.clip(17.0 * (x + 1.0) / 2.0 - 0.5, 0.0, 16.0)
+        return (k / 16.0) @ self.w + self.b
+
+    def reward(self, c: int):
+        return lambda x, y=None: jax.nn.softmax(self.logits(x))[:, c]
+
+    def metrics(self, c: int):
+        def fn(x):
+            pred = jnp.argmax(self.logits(x), -1)
+            return {"in_target": jnp.mean((pred == c).astype(jnp.float32))}
+
+        return fn
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def pretrain(task: Task, cfg: Config, workdir: str | None):
+    """Flow-matching pretraining of the task's model (checkpointed and resumable in ``workdir``)."""
+    apply_fn, params = task.model(cfg.pretrain_seed)
+    opt = make_optimizer(1e-3)
+    state = init_train_state(params, opt, jax.random.key(cfg.pretrain_seed), ema=False)
+    step = make_train_step(flow_matching_loss(apply_fn), opt)
+    data_key = jax.random.key(cfg.pretrain_seed + 1_000_003)
+    result = train(
+        state, step, lambda s: {"x": task.data(jax.random.fold_in(data_key, s), task.batch)},
+        num_steps=task.pretrain_steps, workdir=workdir, steps_per_call=500, log_every=500,
+        checkpoint_every=task.pretrain_steps, desc="pretrain",
+        config={"task": cfg.task, "pretrain_steps": task.pretrain_steps, "pretrain_seed": cfg.pretrain_seed},
+    )
+    return apply_fn, result.state.params, result.summary
+
+
+def objective(cfg: Config, apply_fn, task: Task):
+    """(loss_fn, transform) of one method on the task's rollouts."""
+    stochastic = cfg.method == "ddpo"
+    rollout = rl.flow_rollout(cfg.samples_per_epoch, task.shape, steps=cfg.rollout_steps, stochastic=stochastic)
+    if stochastic:
+        return rl.ddpo_loss(apply_fn, rollout, task.reward, metrics_fn=task.metrics_fn), align.awm(weighting="uniform")
+    loss_fn = rl.awm_loss(apply_fn, rollout, task.reward, num_times=cfg.num_times, metrics_fn=task.metrics_fn)
+    if cfg.method == "awm":
+        return loss_fn, align.awm(weighting=cfg.weighting, beta=cfg.beta, beta_ema=cfg.beta_ema)
+    if cfg.method == "rwr":
+        return loss_fn, align.rwr(cfg.rwr_temperature)
+
+    # kto / bco: a sample is desirable when its reward beats its group's mean
+    def labelled(params, batch, key, aux):
+        out = loss_fn(params, batch, key, aux)
+        return {**out, "label": (align.advantages(out) > 0).astype(jnp.float32)}
+
+    return labelled, (align.kto if cfg.method == "kto" else align.bco)(cfg.pref_beta)
+
+
+def first_epoch_at(curve, target):
+    """1-based epoch at which ``curve`` first reaches ``target`` (None if never)."""
+    hit = np.flatnonzero(np.asarray(curve) >= target)
+    return int(hit[0]) + 1 if hit.size else None
+
+
+def stability(curve) -> bool:
+    """No NaN, and the reward never falls more than 0.1 below its best so far."""
+    c = np.asarray(curve, float)
+    return bool(np.all(np.isfinite(c)) and np.all(np.maximum.accumulate(c) - c <= 0.1))
+
+
+def align_run(cfg: Config, task: Task, apply_fn, ref_params, workdir: str | None, progress: bool = True):
+    """The RL epochs: (final state, per-epoch rows, train summary)."""
+    loss_fn, transform = objective(cfg, apply_fn, task)
+    opt = make_optimizer(cfg.lr, clip_norm=cfg.clip_norm)
+    aux = rl.awm_aux(ref_params)
+    state = init_train_state(ref_params, opt, jax.random.key(cfg.seed), transform, ema=False, aux=aux)
+    step = make_train_step(loss_fn, opt, transform, aux_update=rl.ema_anchor_update)
+    rows: list[dict] = []
+    result = train(
+        state, step, lambda s: {}, num_steps=cfg.epochs, workdir=workdir, config=dataclasses.asdict(cfg),
+        steps_per_call=1, log_every=1, checkpoint_every=cfg.checkpoint_every, progress=progress,
+        desc=f"{cfg.method}", on_log=lambda s, m: rows.append(m),
+        resume_ignore=("eval_samples", "checkpoint_every"),
+    )
+    if workdir is not None:  # a resumed run: the earlier epochs' rows come from the log
+        from diffalign.training.logger import read_log
+
+        rows = [{k: v for k, v in r.items() if k != "step"} for r in read_log(workdir)][-cfg.epochs:]
+    return result.state, rows, result.summary
+
+
+def evaluate(task: Task, apply_fn, params, n: int, seed: int):
+    """40-step Euler ODE samples and the task's metrics on them."""
+    x1 = jax.random.normal(jax.random.key(seed), (n, *task.shape))
+    x = jax.jit(lambda p, x1: rl.sample_flow(None, apply_fn, p, x1, 40))(params, x1)
+    m = {k: float(v) for k, v in task.metrics_fn(x).items()}
+    m["reward"] = float(jnp.mean(task.reward(x)))
+    return np.asarray(x), m
+
+
+def run(cfg: Config, out: str, smoke: bool = False) -> dict:
+    if smoke:
+        cfg = cfg.smoke()
+    out = prepare_out(out)
+    timer = Timer()
+    t0 = time.perf_counter()
+    task = Task(cfg)
+    with timer("pretrain"):
+        apply_fn, ref_params, pre_summary = pretrain(task, cfg, os.path.join(out, "pretrain"))
+    with timer("align"):
+        state, rows, summary = align_run(cfg, task, apply_fn, ref_params, os.path.join(out, "align"))
+    with timer("eval"):
+        base_x, base = evaluate(task, apply_fn, ref_params, cfg.eval_samples, 777)
+        x, final = evaluate(task, apply_fn, state.params, cfg.eval_samples, 777)
+    curve_keys = [k for k in rows[0] if k not in ("steps_per_sec",)] if rows else []
+    curves = {k: [r.get(k) for r in rows] for k in curve_keys}
+    score = "in_target" if cfg.task == "ring" else "reward"
+    metrics = {
+        "final_reward": final["in_target"] if cfg.task == "ring" else final["reward"],
+        "base_reward": base["in_target"] if cfg.task == "ring" else base["reward"],
+        "epochs_to_target": first_epoch_at(curves.get(score, []), cfg.target),
+        "stable": stability(curves.get(score, [])),
+        "final_drift": curves["drift"][-1] if curves.get("drift") else None,
+        "final": final,
+        "base": base,
+    }
+    if cfg.task == "ring":
+        shares = [final[f"mode{m}_share"] for m in task.reward.modes]
+        metrics["rewarded_mode_balance"] = shares[0] / max(sum(shares), 1e-9)
+        metrics["base_rewarded_mode_balance"] = base["mode0_share"] / max(base["mode0_share"] + base["mode1_share"], 1e-9)
+    np.savez(os.path.join(out, "samples.npz"), samples=x, base_samples=base_x)
+    picture = _plot(os.path.join(out, "alignment.png"), cfg, task, base_x, x, curves, score)
+    timings = {**timer.times, "pretrain_compile_s": pre_summary["compile_s"], "align_compile_s": summary["compile_s"],
+               "align_run_s": summary["train_s"], "epoch_s": summary["train_s"] / max(summary["steps_run"], 1),
+               "total_s": time.perf_counter() - t0}
+    write_results(out, experiment=NAME, config=cfg, metrics=metrics, timings=timings,
+                  extra={"smoke": smoke, "curves": curves, "picture": picture,
+                         "final_reward": metrics["final_reward"], "epochs_to_target": metrics["epochs_to_target"]})
+    return {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+
+
+def _plot(path, cfg, task, base_x, x, curves, score):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        print(f"note: no picture written ({e})")
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    if cfg.task == "ring":
+        for ax, pts, title in ((axes[0], base_x, "pretrained"), (axes[1], x, f"after {cfg.method}")):
+            ax.scatter(pts[:2000, 0], pts[:2000, 1], s=2, alpha=0.5)
+            c = np.asarray(task.reward.centres)
+            ax.scatter(c[list(task.reward.modes), 0], c[list(task.reward.modes), 1], marker="*", s=120, c="red")
+            ax.set(title=title, xlim=(-6, 6), ylim=(-6, 6), aspect="equal")
+    else:
+        for ax, pts, title in ((axes[0], base_x, "pretrained"), (axes[1], x, f"after {cfg.method}")):
+            grid = np.clip((pts[:64].reshape(8, 8, 8, 8) + 1) / 2, 0, 1).transpose(0, 2, 1, 3).reshape(64, 64)
+            ax.imshow(grid, cmap="gray_r")
+            ax.set(title=title, xticks=[], yticks=[])
+    ep = np.arange(1, len(curves.get(score, [])) + 1)
+    axes[2].plot(ep, curves.get(score, []), label=score)
+    if curves.get("drift"):
+        ax2 = axes[2].twinx()
+        ax2.plot(ep, curves["drift"], color="tab:orange", label="drift")
+        ax2.set_ylabel("E||v - v_ref||^2 at t = 0.5")
+    axes[2].axhline(cfg.target, ls=":", c="gray")
+    axes[2].set(xlabel="epoch", ylabel=score, title=f"{cfg.method}, lr {cfg.lr:g}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return os.path.basename(path)
