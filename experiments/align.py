@@ -6,6 +6,8 @@ Tasks:
   in one of two chosen modes (within 4 std), base rate about 0.24.
 * ``digits``: a flow model pretrained on scikit-learn's 8x8 digits; reward = a logistic-regression
   classifier's probability of one class.
+* ``qm9``: a GDSS model trained on QM9 (``diffalign graphs train``); reward = QED (RDKit) of
+  molecules valid without correction (``experiments/align_qm9.py``).
 
 Each epoch: ``samples_per_epoch`` rollouts (14-step Euler ODE; the DDPO SDE for ``ddpo``), rewards,
 one optimizer update. Writes ``results.json`` (``final_reward``, ``epochs_to_target``, per-epoch
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,10 +28,11 @@ from flax import nnx
 
 from diffalign import align
 from diffalign.align import rl
+from diffalign.align.lora import lora
 from diffalign.align.tasks import RingReward
 from diffalign.losses import flow_matching_loss
 from diffalign.models import MLP, functional
-from diffalign.training import init_train_state, make_optimizer, make_train_step, train
+from diffalign.training import NonFiniteLossError, init_train_state, make_optimizer, make_train_step, train
 
 from .common import Timer, field, prepare_out, require_positive, validate_choices, write_results
 
@@ -39,46 +43,77 @@ DESCRIPTION = (
     "reward and drift curves per epoch."
 )
 METHODS = ("awm", "ddpo", "rwr", "kto", "bco")
-TASKS = ("ring", "digits")
+TASKS = ("ring", "digits", "qm9")
+TASK_DEFAULTS = {
+    "epochs": {"ring": 100, "digits": 100, "qm9": 200},
+    "samples_per_epoch": {"ring": 512, "digits": 512, "qm9": 64},
+    "lr": {"ring": 1e-3, "digits": 1e-3, "qm9": 1e-4},
+    "rollout_steps": {"ring": 14, "digits": 14, "qm9": 1000},
+    "eval_samples": {"ring": 4096, "digits": 4096, "qm9": 10_000},
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     task: str = field("ring", "what to align", choices=TASKS)
-    method: str = field("awm", "objective", choices=METHODS)
-    epochs: int = field(100, "RL epochs (one update each)")
-    samples_per_epoch: int = field(512, "rollouts per epoch (one group: the tasks are unconditional)")
-    rollout_steps: int = field(14, "sampler steps of a rollout")
+    method: str = field("awm", "objective (qm9: awm only)", choices=METHODS)
+    epochs: int = field(0, "RL epochs, one update each (0: the task's, ring/digits 100, qm9 200)")
+    samples_per_epoch: int = field(0, "rollouts per epoch, one group (0: the task's, ring/digits 512, qm9 64)")
+    rollout_steps: int = field(0, "sampler steps of a rollout (0: the task's, ring/digits 14 Euler steps, qm9 the GDSS "
+                                  "config's 1000)")
     num_times: int = field(6, "AWM: re-noising times per sample (stratified)")
-    lr: float = field(1e-3, "learning rate (Adam, gradient norm clipped at clip_norm)")
+    lr: float = field(0.0, "learning rate, Adam with clipped gradient norm (0: the task's, ring/digits 1e-3, qm9 1e-4)")
     clip_norm: float = field(1.0, "global gradient-norm clip")
     weighting: str = field("ghuber", "AWM log-likelihood surrogate", choices=align.WEIGHTINGS)
     beta: float = field(1e-3, "AWM: weight of ||v - v_ref||^2 to the frozen pretrained model")
     beta_ema: float = field(1.0, "AWM: weight of ||v - v_ema||^2 to the EMA anchor (0 = off: diverges)")
     pref_beta: float = field(100.0, "kto / bco: beta on g = l_ref - l_theta")
     rwr_temperature: float = field(0.2, "rwr: softmax temperature on rewards")
-    target: float = field(0.9, "reward level for epochs_to_target")
+    target: float = field(0.0, "fraction in target for epochs_to_target (0: the task's own, ring 0.9, digits 0.8)")
     target_class: int = field(3, "digits: the rewarded class")
-    eval_samples: int = field(4096, "samples of the final evaluation (40-step Euler ODE)")
+    eval_samples: int = field(0, "samples of the final evaluation (0: the task's, ring/digits 4096, qm9 10000)")
     pretrain_steps: int = field(4000, "flow-matching pretraining steps (ring; digits uses 4x)")
+    gdss_run: str = field("", "qm9: a `diffalign graphs train --dataset QM9` run directory (with --smoke and none "
+                              "given, a tiny model is trained)")
+    base_samples: str = field("", "qm9: the base model's quantized samples (samples_seed0.npz of `graphs sample` on "
+                                  "gdss_run) to score instead of sampling the base model again")
+    lora_rank: int = field(0, "train LoRA adapters of this rank on every weight matrix (0 = all parameters)")
+    pretrain_dir: str = field("", "ring/digits: reuse the pretraining in this directory (an earlier run's OUT/pretrain)")
     seed: int = field(0, "RL seed (rollouts, re-noising)")
     pretrain_seed: int = field(0, "pretraining seed (shared by runs that compare methods)")
     checkpoint_every: int = field(25, "checkpoint interval in epochs")
 
     def __post_init__(self):
         validate_choices(self)
-        require_positive(self, "epochs", "samples_per_epoch", "rollout_steps", "num_times", "eval_samples",
-                         "pretrain_steps", "checkpoint_every")
+        for name, per_task in TASK_DEFAULTS.items():  # 0 = the task's default, resolved here
+            if not getattr(self, name):
+                object.__setattr__(self, name, per_task[self.task])
+        if self.task == "qm9" and self.method != "awm":
+            raise ValueError(f"the qm9 task runs awm only, got --method {self.method}")
+        require_positive(self, "epochs", "samples_per_epoch", "num_times", "eval_samples", "pretrain_steps",
+                         "checkpoint_every")
+        if self.rollout_steps < 2:
+            raise ValueError(f"rollout_steps must be >= 2, got {self.rollout_steps}")
         if self.lr <= 0 or self.clip_norm <= 0:
             raise ValueError(f"lr and clip_norm must be positive, got {self.lr}, {self.clip_norm}")
         if self.beta < 0 or self.beta_ema < 0:
             raise ValueError(f"beta and beta_ema must be >= 0, got {self.beta}, {self.beta_ema}")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
+        if self.task == "qm9" and self.lora_rank:
+            raise ValueError("the qm9 task trains all parameters (no --lora-rank)")
         if not 0 <= self.target_class < 10:
             raise ValueError(f"target_class must be a digit 0-9, got {self.target_class}")
 
+    @property
+    def target_level(self) -> float:
+        return self.target or {"ring": 0.9, "digits": 0.8, "qm9": 1.0}[self.task]
+
     def smoke(self) -> "Config":
-        return dataclasses.replace(self, epochs=6, samples_per_epoch=64, eval_samples=256, pretrain_steps=200,
-                                   checkpoint_every=3)
+        small = {"epochs": 6, "samples_per_epoch": 64, "eval_samples": 256, "pretrain_steps": 200, "checkpoint_every": 3}
+        if self.task == "qm9":
+            small.update(epochs=3, samples_per_epoch=8, eval_samples=64, rollout_steps=50)
+        return dataclasses.replace(self, **small)
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -135,12 +170,34 @@ class DigitClassifier:
     def reward(self, c: int):
         return lambda x, y=None: jax.nn.softmax(self.logits(x))[:, c]
 
+    def class_report(self, x, real_levels, c: int) -> dict:
+        """For samples ``x``: the class-c fraction, the Frechet distance in logit space between
+        the samples classified as c and the real class-c images, and their diversity (mean
+        pairwise L2 in pixel space) over the real class's."""
+        from diffalign.metrics import energy_distance, frechet_distance
+
+        real = jnp.asarray(2.0 * (real_levels + 0.5) / 17.0 - 1.0, jnp.float32)
+        pred = np.asarray(jnp.argmax(self.logits(x), -1))
+        mine = np.asarray(x)[pred == c]
+        out = {"class_fraction": float(np.mean(pred == c)), "class_count": int(len(mine))}
+        if len(mine) >= 10:
+            out["frechet_logits"] = frechet_distance(np.asarray(self.logits(jnp.asarray(mine))), np.asarray(self.logits(real)))
+            out["diversity_ratio"] = _mean_pairwise(mine) / _mean_pairwise(np.asarray(real))
+            out["energy_distance"] = energy_distance(mine, np.asarray(real))
+        return out
+
     def metrics(self, c: int):
         def fn(x):
             pred = jnp.argmax(self.logits(x), -1)
             return {"in_target": jnp.mean((pred == c).astype(jnp.float32))}
 
         return fn
+
+
+def _mean_pairwise(a, limit: int = 2000):
+    a = np.asarray(a, np.float64)[:limit]
+    d = np.sqrt(((a[:, None] - a[None]) ** 2).sum(-1))
+    return float(d.sum() / (len(a) * (len(a) - 1)))
 
 
 # ----------------------------------------------------------------------------- stages
@@ -194,25 +251,43 @@ def stability(curve) -> bool:
     return bool(np.all(np.isfinite(c)) and np.all(np.maximum.accumulate(c) - c <= 0.1))
 
 
-def align_run(cfg: Config, task: Task, apply_fn, ref_params, workdir: str | None, progress: bool = True):
-    """The RL epochs: (final state, per-epoch rows, train summary)."""
+class AlignResult(NamedTuple):
+    state: object  # the final TrainState (None if the run diverged); its params are adapters under LoRA
+    params: object  # the aligned network's full parameters (None if it diverged)
+    rows: list  # per-epoch metrics
+    summary: dict
+
+
+def align_run(cfg: Config, task: Task, apply_fn, ref_params, workdir: str | None, progress: bool = True) -> AlignResult:
+    """The RL epochs, on all parameters or, with ``lora_rank``, on LoRA adapters of the pretrained model."""
+    merge = None
+    if cfg.lora_rank:
+        apply_fn, init = lora(apply_fn, ref_params, jax.random.key(cfg.seed + 99), rank=cfg.lora_rank)
+        merge = apply_fn.merged
+    else:
+        init = ref_params
     loss_fn, transform = objective(cfg, apply_fn, task)
     opt = make_optimizer(cfg.lr, clip_norm=cfg.clip_norm)
-    aux = rl.awm_aux(ref_params)
-    state = init_train_state(ref_params, opt, jax.random.key(cfg.seed), transform, ema=False, aux=aux)
+    aux = rl.awm_aux(init)  # under LoRA the reference is the adapters' initial value: the base model
+    state = init_train_state(init, opt, jax.random.key(cfg.seed), transform, ema=False, aux=aux)
     step = make_train_step(loss_fn, opt, transform, aux_update=rl.ema_anchor_update)
     rows: list[dict] = []
-    result = train(
-        state, step, lambda s: {}, num_steps=cfg.epochs, workdir=workdir, config=dataclasses.asdict(cfg),
-        steps_per_call=1, log_every=1, checkpoint_every=cfg.checkpoint_every, progress=progress,
-        desc=f"{cfg.method}", on_log=lambda s, m: rows.append(m),
-        resume_ignore=("eval_samples", "checkpoint_every"),
-    )
+    try:
+        result = train(
+            state, step, lambda s: {}, num_steps=cfg.epochs, workdir=workdir, config=dataclasses.asdict(cfg),
+            steps_per_call=1, log_every=1, checkpoint_every=cfg.checkpoint_every, progress=progress,
+            desc=f"{cfg.method}", on_log=lambda s, m: rows.append(m),
+            resume_ignore=("eval_samples", "checkpoint_every", "pretrain_dir"),
+        )
+        state, summary = result.state, result.summary
+    except NonFiniteLossError as e:  # a diverging objective is a result, not a crash
+        state, summary = None, {"diverged_at": e.step + 1, "message": str(e), "compile_s": None, "train_s": None}
     if workdir is not None:  # a resumed run: the earlier epochs' rows come from the log
         from diffalign.training.logger import read_log
 
         rows = [{k: v for k, v in r.items() if k != "step"} for r in read_log(workdir)][-cfg.epochs:]
-    return result.state, rows, result.summary
+    params = None if state is None else (merge(state.params) if merge else state.params)
+    return AlignResult(state, params, rows, summary)
 
 
 def evaluate(task: Task, apply_fn, params, n: int, seed: int):
@@ -227,35 +302,57 @@ def evaluate(task: Task, apply_fn, params, n: int, seed: int):
 def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     if smoke:
         cfg = cfg.smoke()
+    if cfg.task == "qm9":
+        from .align_qm9 import run_qm9
+
+        return run_qm9(cfg, out, smoke)
     out = prepare_out(out)
     timer = Timer()
     t0 = time.perf_counter()
     task = Task(cfg)
     with timer("pretrain"):
-        apply_fn, ref_params, pre_summary = pretrain(task, cfg, os.path.join(out, "pretrain"))
+        apply_fn, ref_params, pre_summary = pretrain(task, cfg, cfg.pretrain_dir or os.path.join(out, "pretrain"))
     with timer("align"):
-        state, rows, summary = align_run(cfg, task, apply_fn, ref_params, os.path.join(out, "align"))
+        state, params, rows, summary = align_run(cfg, task, apply_fn, ref_params, os.path.join(out, "align"))
+    if state is None:
+        print(f"note: {summary['message']}")
+        curves = {k: [r.get(k) for r in rows] for k in rows[0]} if rows else {}
+        metrics = {"final_reward": None, "epochs_to_target": None, "diverged_at": summary["diverged_at"], "stable": False}
+        write_results(out, experiment=NAME, config=cfg, metrics=metrics, timings=timer.times,
+                      extra={"smoke": smoke, "curves": curves, "final_reward": None, "epochs_to_target": None,
+                             "divergence": summary["message"]})
+        return metrics
     with timer("eval"):
         base_x, base = evaluate(task, apply_fn, ref_params, cfg.eval_samples, 777)
-        x, final = evaluate(task, apply_fn, state.params, cfg.eval_samples, 777)
+        x, final = evaluate(task, apply_fn, params, cfg.eval_samples, 777)
     curve_keys = [k for k in rows[0] if k not in ("steps_per_sec",)] if rows else []
     curves = {k: [r.get(k) for r in rows] for k in curve_keys}
-    score = "in_target" if cfg.task == "ring" else "reward"
+    score = "in_target"
     metrics = {
         "final_reward": final["in_target"] if cfg.task == "ring" else final["reward"],
         "base_reward": base["in_target"] if cfg.task == "ring" else base["reward"],
-        "epochs_to_target": first_epoch_at(curves.get(score, []), cfg.target),
+        "epochs_to_target": first_epoch_at(curves.get(score, []), cfg.target_level),
         "stable": stability(curves.get(score, [])),
         "final_drift": curves["drift"][-1] if curves.get("drift") else None,
         "final": final,
         "base": base,
     }
+    if cfg.task == "digits":
+        real = task.levels[task.labels == cfg.target_class]
+        metrics["base_class"] = task.classifier.class_report(base_x, real, cfg.target_class)
+        metrics["final_class"] = task.classifier.class_report(x, real, cfg.target_class)
+        metrics["target_fraction"] = metrics["final_class"]["class_fraction"]
+        metrics["base_target_fraction"] = metrics["base_class"]["class_fraction"]
+        if "frechet_logits" in metrics["final_class"] and "frechet_logits" in metrics["base_class"]:
+            metrics["frechet_ratio"] = metrics["final_class"]["frechet_logits"] / metrics["base_class"]["frechet_logits"]
+            metrics["diversity_ratio"] = metrics["final_class"]["diversity_ratio"]
     if cfg.task == "ring":
         shares = [final[f"mode{m}_share"] for m in task.reward.modes]
         metrics["rewarded_mode_balance"] = shares[0] / max(sum(shares), 1e-9)
         metrics["base_rewarded_mode_balance"] = base["mode0_share"] / max(base["mode0_share"] + base["mode1_share"], 1e-9)
     np.savez(os.path.join(out, "samples.npz"), samples=x, base_samples=base_x)
     picture = _plot(os.path.join(out, "alignment.png"), cfg, task, base_x, x, curves, score)
+    metrics["diverged_at"] = None
     timings = {**timer.times, "pretrain_compile_s": pre_summary["compile_s"], "align_compile_s": summary["compile_s"],
                "align_run_s": summary["train_s"], "epoch_s": summary["train_s"] / max(summary["steps_run"], 1),
                "total_s": time.perf_counter() - t0}
@@ -292,7 +389,7 @@ def _plot(path, cfg, task, base_x, x, curves, score):
         ax2 = axes[2].twinx()
         ax2.plot(ep, curves["drift"], color="tab:orange", label="drift")
         ax2.set_ylabel("E||v - v_ref||^2 at t = 0.5")
-    axes[2].axhline(cfg.target, ls=":", c="gray")
+    axes[2].axhline(cfg.target_level, ls=":", c="gray")
     axes[2].set(xlabel="epoch", ylabel=score, title=f"{cfg.method}, lr {cfg.lr:g}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

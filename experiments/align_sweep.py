@@ -45,20 +45,26 @@ def _one(cfg: Config, task, apply_fn, ref, method, lr, seed, beta):
     rc = A.Config(task="ring", method=method, epochs=cfg.epochs, lr=lr, seed=seed, beta=beta, target=cfg.target,
                   pretrain_steps=cfg.pretrain_steps)
     t0 = time.perf_counter()
-    state, rows, summary = A.align_run(rc, task, apply_fn, ref, None, progress=False)
-    _, final = A.evaluate(task, apply_fn, state.params, 4096, 777)
+    state, params, rows, summary = A.align_run(rc, task, apply_fn, ref, None, progress=False)
+    if state is None:  # diverged: the epochs it ran are kept, the final evaluation is not possible
+        final = {"in_target": float("nan"), "off_manifold": float("nan"), "mode0_share": float("nan"),
+                 "mode1_share": float("nan")}
+    else:
+        _, final = A.evaluate(task, apply_fn, params, 4096, 777)
     reward = [r["in_target"] for r in rows]
     drift = [r["drift"] for r in rows]
     shares = final["mode0_share"], final["mode1_share"]
     p = cfg.plateau_epochs
     return {
         "method": method, "lr": lr, "seed": seed, "beta": beta if method == "awm" else None,
-        "epochs_to_target": A.first_epoch_at(reward, cfg.target), "stable": A.stability(reward),
+        "epochs_to_target": A.first_epoch_at(reward, cfg.target), "diverged_at": summary.get("diverged_at"),
+        "stable": state is not None and A.stability(reward),
         "final_reward": final["in_target"], "off_manifold": final["off_manifold"],
         "rewarded_mode_balance": shares[0] / max(sum(shares), 1e-9),
         "plateau_reward": float(np.mean(reward[-p:])), "plateau_drift": float(np.mean(drift[-p:])),
         "max_drift": float(np.nanmax(drift)), "drift_at_saturation": _drift_after_saturation(reward, drift),
-        "epoch_s": summary["train_s"] / max(summary["steps_run"], 1), "compile_s": summary["compile_s"],
+        "epoch_s": summary["train_s"] / max(summary["steps_run"], 1) if state is not None else None,
+        "compile_s": summary["compile_s"],
         "wall_s": time.perf_counter() - t0, "reward_curve": reward, "drift_curve": drift,
     }
 
@@ -90,7 +96,7 @@ def summarise(rows, cfg: Config) -> dict:
                 "off_manifold": [r["off_manifold"] for r in rs],
                 "rewarded_mode_balance": [r["rewarded_mode_balance"] for r in rs],
                 "plateau_drift": [r["plateau_drift"] for r in rs],
-                "median_epoch_s": float(np.median([r["epoch_s"] for r in rs])),
+                "median_epoch_s": float(np.median([r["epoch_s"] for r in rs if r["epoch_s"] is not None] or [np.nan])),
             }
             out["per_lr"].append(entry)
             if entry["all_stable"] and entry["median_epochs_to_target"] is not None:

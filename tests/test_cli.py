@@ -90,3 +90,38 @@ def test_digits_smoke_keeps_the_contract(tmp_path):
     s = np.load(os.path.join(out, "samples.npz"))["samples"]
     assert s.shape == (2, 40, 8, 8)
     assert all(os.path.exists(p) for p in r["pictures"])
+
+
+@pytest.mark.parametrize("args", [("--task", "ring", "--method", "awm"), ("--task", "ring", "--method", "ddpo"),
+                                  ("--task", "digits", "--method", "kto")])
+def test_align_smoke_keeps_the_contract(tmp_path, args):
+    out = str(tmp_path / "align")
+    cli("align", "--out", out, "--smoke", *args)
+    r = read(out)
+    assert r["experiment"] == "align" and r["smoke"] is True
+    assert set(r["curves"]) >= {"reward", "drift", "in_target"} and len(r["curves"]["reward"]) == 6
+    assert 0.0 <= r["final_reward"] <= 1.0 and "epochs_to_target" in r
+    assert np.all(np.isfinite(r["curves"]["drift"]))
+    with np.load(os.path.join(out, "samples.npz")) as s:
+        assert s["samples"].shape[0] == 256 and s["base_samples"].shape == s["samples"].shape
+    assert os.path.exists(os.path.join(out, r["picture"]))
+
+
+def test_align_refuses_bad_settings(tmp_path):
+    p = cli("align", "--out", str(tmp_path), "--task", "qm9", "--method", "ddpo", check=False)
+    assert p.returncode == 2 and "qm9 task runs awm only" in p.stderr
+    p = cli("align", "--out", str(tmp_path), "--beta", "-1", check=False)
+    assert p.returncode == 2 and "beta and beta_ema must be >= 0" in p.stderr
+    p = cli("align", "--out", str(tmp_path), "--target-class", "12", check=False)
+    assert p.returncode == 2 and "target_class" in p.stderr
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_align_qm9_smoke_keeps_the_contract(tmp_path):
+    out = str(tmp_path / "qm9")
+    cli("align", "--task", "qm9", "--out", out, "--smoke")
+    r = read(out)
+    m = r["metrics"]
+    assert 0.0 <= m["final_reward"] <= 1.0 and 0.0 <= m["base_reward"] <= 1.0
+    assert len(r["curves"]["reward"]) == 3 and "valid_wo_correction_change_points" in m

@@ -118,3 +118,24 @@ def test_alignment_run_resumes_bit_identically(tmp_path):
             a, b = jax.random.key_data(a), jax.random.key_data(b)
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(jax.tree.leaves(whole.aux["anchor"])[0], jax.tree.leaves(whole.aux["ref"])[0])
+
+
+def test_lora_adapters_start_at_the_base_model_and_train_alone():
+    from diffalign.align.lora import lora
+
+    apply_fn, params = functional(MLP(2, (32, 32), activation="silu", time_features=8, rngs=nnx.Rngs(0)))
+    adapted, ad = lora(apply_fn, params, jax.random.key(1), rank=4)
+    x, t = jax.random.normal(jax.random.key(2), (5, 2)), jnp.full(5, 0.3)
+    np.testing.assert_array_equal(adapted(ad, x, t), apply_fn(params, x, t))  # B = 0: the base model exactly
+    n_base = sum(p.size for p in jax.tree.leaves(params))
+    n_ad = sum(p.size for p in jax.tree.leaves(ad))
+    assert len(ad) == 3 and n_ad < n_base  # every weight matrix (2 hidden + output), not the biases
+    # one AWM epoch on the adapters: the reference (aux) is the base model; B moves, outputs change
+    loss_fn = rl.awm_loss(adapted, rl.flow_rollout(16, (2,), steps=4), lambda x, y: x[:, 0], num_times=2)
+    tr = align.awm(beta=1e-3, beta_ema=1.0)
+    opt = make_optimizer(1e-2, clip_norm=1.0)
+    state = init_train_state(ad, opt, jax.random.key(3), tr, ema=False, aux=rl.awm_aux(ad))
+    new, m = jax.jit(make_train_step(loss_fn, opt, tr, aux_update=rl.ema_anchor_update))(state, {})
+    assert float(m["grad_norm"]) > 0
+    assert not np.array_equal(adapted(new.params, x, t), apply_fn(params, x, t))
+    np.testing.assert_array_equal(adapted(new.aux["ref"], x, t), apply_fn(params, x, t))

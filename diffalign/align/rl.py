@@ -167,7 +167,9 @@ def awm_loss(apply_fn: Callable, rollout: Callable, reward_fn: Callable, *, num_
     ``reward_fn(x, y) -> (B,)`` (pure JAX, or a ``jax.pure_callback``), then K = ``num_times``
     stratified times shared by the batch with fresh noise per (sample, time). Rows are
     sample-major (B K of them). With ``aux`` (``awm_aux``) it adds ``drift_ref`` and
-    ``drift_ema``, the squared velocity gaps to the reference and the anchor at the same (x_t, t).
+    ``drift_ema``, the squared velocity gaps to the reference and the anchor at the same (x_t, t),
+    and ``ref_loss``, the reference's matching loss at the same draws (what the preference
+    objectives read).
     """
 
     def loss_fn(params, batch, key, aux=None):
@@ -189,10 +191,12 @@ def awm_loss(apply_fn: Callable, rollout: Callable, reward_fn: Callable, *, num_
             "group": _rows(roll["group"], num_times),
             "metrics": _common_metrics(apply_fn, frozen, aux, x0, y, r, k_m, metrics_fn, drift_t),
         }
-        if aux is not None:
-            for name, key_ in (("drift_ref", "ref"), ("drift_ema", "anchor")):
-                if key_ in aux:
-                    out[name] = _sq(v, _apply(apply_fn, aux[key_], xt, t, yr))
+        if aux is not None and "ref" in aux:
+            v_ref = _apply(apply_fn, aux["ref"], xt, t, yr)
+            out["drift_ref"] = _sq(v, v_ref)
+            out["ref_loss"] = _sq(v_ref, eps - x0r)  # the reference's loss at the same draws
+        if aux is not None and "anchor" in aux:
+            out["drift_ema"] = _sq(v, _apply(apply_fn, aux["anchor"], xt, t, yr))
         return out
 
     return loss_fn

@@ -153,6 +153,19 @@ def bucketed(apply: Callable, layout: tuple, adjacency_output: bool) -> Callable
     return f
 
 
+def scaled_scores(gsde: GraphSDE, apply_x: Callable, apply_a: Callable, params, xt, at, flags, t):
+    """(sigma_t s_X, sigma_t s_A): the networks' scores times each SDE's marginal std, the
+    quantity DSM regresses onto -z (GDSS's loss is 1/2 ||sigma s + z||^2 per network)."""
+    sx = score_from_output(gsde.sde_x, apply_x(params["x"], xt, at, flags), t)
+    sa = score_from_output(gsde.sde_a, apply_a(params["a"], xt, at, flags), t)
+    return _b(gsde.sde_x.coeffs(t)[1], sx) * sx, _b(gsde.sde_a.coeffs(t)[1], sa) * sa
+
+
+def half_sq(r):
+    """1/2 the squared norm of each graph's entries: (B, ...) -> (B,)."""
+    return 0.5 * jnp.sum(r.reshape(r.shape[0], -1) ** 2, -1)
+
+
 def gdss_loss(gsde: GraphSDE, apply_x: Callable, apply_a: Callable, layout: tuple | None = None) -> Callable:
     """``loss_fn(params, batch, key)`` for params ``{"x": ..., "a": ...}`` and a batch
     ``{"x": (B, N, F), "adj": (B, N, N)[, "mask": (B,)]}``.
@@ -173,12 +186,8 @@ def gdss_loss(gsde: GraphSDE, apply_x: Callable, apply_a: Callable, layout: tupl
         kt, kn = jax.random.split(key)
         t = jax.random.uniform(kt, (x0.shape[0],), x0.dtype, gsde.train_eps, 1.0)
         xt, at, zx, za = perturb(gsde, kn, x0, a0, flags, t)
-        sx = score_from_output(gsde.sde_x, apply_x(params["x"], xt, at, flags), t)
-        sa = score_from_output(gsde.sde_a, apply_a(params["a"], xt, at, flags), t)
-        rx = _b(gsde.sde_x.coeffs(t)[1], sx) * sx + zx
-        ra = _b(gsde.sde_a.coeffs(t)[1], sa) * sa + za
-        lx = 0.5 * jnp.sum(rx.reshape(rx.shape[0], -1) ** 2, -1)
-        la = 0.5 * jnp.sum(ra.reshape(ra.shape[0], -1) ** 2, -1)
+        sx, sa = scaled_scores(gsde, apply_x, apply_a, params, xt, at, flags, t)
+        lx, la = half_sq(sx + zx), half_sq(sa + za)
         out = {"per_example": lx + la, "loss_x": lx, "loss_a": la, "t": t}
         if "mask" in batch:
             out["mask"] = batch["mask"]

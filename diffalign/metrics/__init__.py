@@ -1,3 +1,3 @@
 """Sample-quality metrics."""
 
-from .distances import energy_distance as energy_distance, wasserstein2 as wasserstein2
+from .distances import energy_distance as energy_distance, frechet_distance as frechet_distance, wasserstein2 as wasserstein2

@@ -65,3 +65,17 @@ def energy_distance(x, y, *, chunk: int = 512) -> float:
     f = jax.jit(_mean_pairwise_distance, static_argnums=2)
     d2 = 2 * f(x, y, chunk) - f(x, x, chunk) - f(y, y, chunk)
     return float(jnp.sqrt(jnp.maximum(d2, 0.0)))
+
+
+def frechet_distance(x, y) -> float:
+    """Frechet distance between Gaussians fitted to two sample sets (rows are points):
+    ||mu_x - mu_y||^2 + tr(C_x + C_y - 2 (C_x C_y)^(1/2)), the FID / FCD formula (Heusel et al. 2017)."""
+    import scipy.linalg
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(len(x), len(y)) < 2:
+        raise ValueError(f"frechet_distance needs two (n >= 2, d) arrays of one d, got {x.shape} and {y.shape}")
+    cx, cy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    root = scipy.linalg.sqrtm(np.atleast_2d(cx) @ np.atleast_2d(cy))
+    root = root.real if np.iscomplexobj(root) else root
+    return float(np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(np.atleast_2d(cx) + np.atleast_2d(cy) - 2 * root))
