@@ -85,8 +85,8 @@ class Checkpointer:
         try:
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(**args))
-            except ValueError:
-                restored = self._restore_without_aux(step, target, args)
+            except ValueError as e:
+                restored = self._restore_without_aux(step, target, args) if "aux" in str(e) else None
                 if restored is None:
                     raise
         except Exception as e:

@@ -161,6 +161,14 @@ class DigitClassifier:
 
         clf = LogisticRegression(max_iter=2000).fit(levels / 16.0, labels)
         self.w, self.b = jnp.asarray(clf.coef_.T, jnp.float32), jnp.asarray(clf.intercept_, jnp.float32)
+        # a second feature space for the Frechet distance: the top 16 principal components of the
+        # training images (in the model's [-1, 1] scale)
+        x = 2.0 * (np.asarray(levels, np.float64) + 0.5) / 17.0 - 1.0
+        self._mu = x.mean(0)
+        self._pcs = np.linalg.svd(x - self._mu, full_matrices=False)[2][:16]
+
+    def pca(self, x):
+        return (np.asarray(x, np.float64) - self._mu) @ self._pcs.T
 
     def logits(self, x):
         # x = 2 (k + u) / 17 - 1  ->  k ~ 17 (x + 1) / 2 - 1/2, fitted on k / 16
@@ -182,6 +190,7 @@ class DigitClassifier:
         out = {"class_fraction": float(np.mean(pred == c)), "class_count": int(len(mine))}
         if len(mine) >= 10:
             out["frechet_logits"] = frechet_distance(np.asarray(self.logits(jnp.asarray(mine))), np.asarray(self.logits(real)))
+            out["frechet_pca16"] = frechet_distance(self.pca(mine), self.pca(np.asarray(real)))
             out["diversity_ratio"] = _mean_pairwise(mine) / _mean_pairwise(np.asarray(real))
             out["energy_distance"] = energy_distance(mine, np.asarray(real))
         return out
@@ -345,6 +354,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
         metrics["base_target_fraction"] = metrics["base_class"]["class_fraction"]
         if "frechet_logits" in metrics["final_class"] and "frechet_logits" in metrics["base_class"]:
             metrics["frechet_ratio"] = metrics["final_class"]["frechet_logits"] / metrics["base_class"]["frechet_logits"]
+            metrics["frechet_pca16_ratio"] = metrics["final_class"]["frechet_pca16"] / metrics["base_class"]["frechet_pca16"]
             metrics["diversity_ratio"] = metrics["final_class"]["diversity_ratio"]
     if cfg.task == "ring":
         shares = [final[f"mode{m}_share"] for m in task.reward.modes]

@@ -62,17 +62,17 @@ def _one(cfg: Config, task, apply_fn, ref, method, lr, seed, beta):
         "final_reward": final["in_target"], "off_manifold": final["off_manifold"],
         "rewarded_mode_balance": shares[0] / max(sum(shares), 1e-9),
         "plateau_reward": float(np.mean(reward[-p:])), "plateau_drift": float(np.mean(drift[-p:])),
-        "max_drift": float(np.nanmax(drift)), "drift_at_saturation": _drift_after_saturation(reward, drift),
+        "max_drift": float(np.nanmax(drift)), "drift_at_saturation": _drift_after_saturation(reward, drift, cfg),
         "epoch_s": summary["train_s"] / max(summary["steps_run"], 1) if state is not None else None,
         "compile_s": summary["compile_s"],
         "wall_s": time.perf_counter() - t0, "reward_curve": reward, "drift_curve": drift,
     }
 
 
-def _drift_after_saturation(reward, drift):
-    """(drift at the first epoch the reward reaches 0.9, the mean drift of the last 20 epochs) or None."""
-    e = A.first_epoch_at(reward, 0.9)
-    return None if e is None else (drift[e - 1], float(np.mean(drift[-20:])))
+def _drift_after_saturation(reward, drift, cfg):
+    """(drift at the first epoch the reward reaches the target, the mean drift of the plateau) or None."""
+    e = A.first_epoch_at(reward, cfg.target)
+    return None if e is None else (drift[e - 1], float(np.mean(drift[-cfg.plateau_epochs:])))
 
 
 def summarise(rows, cfg: Config) -> dict:

@@ -2,6 +2,7 @@
 `diffalign toy2d-table`, whose numbers are in docs/results.md)."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -39,3 +40,18 @@ def test_digits_guidance_and_likelihood(tmp_path):
     m = digits.run(cfg, str(tmp_path))
     assert m["bpd_unconditional"] < 3.2 < m["bpd_uniform_baseline"]
     assert m["class_accuracy_guidance_3"] >= m["class_accuracy_guidance_1"] > 0.8
+
+
+def test_awm_aligns_the_ring_within_50_epochs(tmp_path):
+    # issue 4, demonstration 1 at its bar: >= 0.9 of the samples in the rewarded modes within 50
+    # epochs of 512 rollouts, no NaN, drift bounded, off-manifold mass not above the base model's
+    from experiments import align
+
+    align.run(align.Config(task="ring", method="awm", epochs=50, seed=1), str(tmp_path))
+    with open(tmp_path / "results.json") as f:
+        r = json.load(f)
+    m, curves = r["metrics"], r["curves"]
+    assert m["epochs_to_target"] is not None and m["epochs_to_target"] <= 50
+    assert m["final_reward"] >= 0.9 and m["stable"]
+    assert np.all(np.isfinite(curves["drift"])) and max(curves["drift"]) < 10
+    assert m["final"]["off_manifold"] <= m["base"]["off_manifold"]

@@ -106,25 +106,42 @@ def test_reward_transforms():
     out, st, m = lag.apply({"reward": r[:, 0], "cost": c}, lag.init(), 0)
     np.testing.assert_allclose(out["reward"], (np.asarray(r[:, 0]) - 2.0 * np.asarray(c)) / 3.0, rtol=1e-5)
     np.testing.assert_allclose(st["log_lambda"], np.log(2.0) + 0.1 * 2.0 * (1.0 - 0.5), rtol=1e-5)
-    # dynamic weights: r @ w with w uniform at first, then softmax(log w + rate I / scale)
+    # LSC with one reference per example (B,) against rewards (B, objectives)
+    out, _, _ = align.log_sigmoid_reward().apply({"reward": r, "reward_ref": jnp.array([0.0, 1.0, 2.0])}, (), 0)
+    np.testing.assert_allclose(out["reward"], np.log(_sig(np.asarray(r) - np.array([[0.0], [1.0], [2.0]]))).sum(1),
+                               rtol=1e-5)
+    # dynamic weights: r @ w with w uniform at first, then softmax(log w + rate I / scale),
+    # I_k = sum_j <a_k, a_j> / B on centred rewards
     dyn = align.dynamic_weights(2, rate=0.5)
     out, st, _ = dyn.apply({"reward": r}, dyn.init(), 0)
     np.testing.assert_allclose(out["reward"], np.asarray(r).mean(1), rtol=1e-5)
-    a = (np.asarray(r) - np.asarray(r).mean(0)) / np.asarray(r).std(0)
-    infl = (a.T @ a / 9).sum(1)
-    logits = np.log(0.5) + 0.5 * infl
+    a = np.asarray(r) - np.asarray(r).mean(0)
+    logits = np.log(0.5) + 0.5 * (a.T @ a / 3).sum(1)
     np.testing.assert_allclose(np.exp(st["log_w"]), np.exp(logits) / np.exp(logits).sum(), rtol=1e-5)
     with pytest.raises(ValueError, match="objectives"):
         dyn.apply({"reward": r[:, :1]}, dyn.init(), 0)
+    # two objectives that conflict: the one with the larger spread takes over the weight
+    big = jax.random.normal(jax.random.key(0), (64,))
+    rs = jnp.stack([3.0 * big, -big], 1)
+    st = dyn.init()
+    for i in range(5):
+        _, st, m = dyn.apply({"reward": rs}, st, i)
+    w = np.exp(st["log_w"])
+    assert w[0] > 0.9 and abs(w.sum() - 1) < 1e-6
 
 
 def test_transforms_compose():
-    # RPO is DPO plus the chosen half's matching loss, written as a weighted sum
+    # weighted sums of transforms: 2 DPO + 0.5 RWR, with states and prefixed metrics
     beta = 10.0
-    rpo = align.combine((1.0, align.dpo(beta)), (0.3, align.chosen_mean()))
-    a, _, _ = rpo.apply(_out(), rpo.init(), 0)
-    b, _, _ = align.rpo(beta, 0.3).apply(_out(), align.rpo(beta, 0.3).init(), 0)
-    np.testing.assert_allclose(a, b, rtol=1e-6)
+    both = align.combine((2.0, align.dpo(beta)), (0.5, align.rwr(0.5)))
+    out = _out(reward=jnp.array([1.0, 0.0, 2.0, 0.5]))
+    loss, state, m = both.apply(out, both.init(), 0)
+    dpo_value = np.mean(-np.log(_sig(beta / 2 * (G[:2] - G[2:]))))
+    w = np.exp(np.array([1.0, 0.0, 2.0, 0.5]) / 0.5)
+    np.testing.assert_allclose(loss, 2.0 * dpo_value + 0.5 * np.sum(w / w.sum() * L), rtol=1e-5)
+    assert state == ((), ()) and "0/preference_accuracy" in m and "1/loss" in m
+    with pytest.raises(ValueError, match="padded"):
+        align.dpo(beta).apply(_out(mask=jnp.ones(4)), (), 0)
     # reward transforms in front of AWM: the Lagrangian rewrites rewards before advantages
     lag = align.lagrangian(threshold=0.0, init_multiplier=1.0)
     tr = align.with_rewards(lag, then=align.awm(weighting="uniform"))

@@ -52,6 +52,8 @@ def test_flow_grpo_sde_keeps_the_marginals_of_gaussian_data():
 
 
 def _setup(reward_fn, method="awm", transform=None, lr=1e-2):
+    """A small policy, its rollouts and train step; ``transform`` is AWM's (DDPO always trains
+    with ``awm(weighting="uniform")``)."""
     apply_fn, params = functional(MLP(2, (32, 32), activation="silu", time_features=8, rngs=nnx.Rngs(0)))
     rollout = rl.flow_rollout(16, (2,), steps=6, stochastic=method == "ddpo")
     if method == "ddpo":
@@ -139,3 +141,29 @@ def test_lora_adapters_start_at_the_base_model_and_train_alone():
     assert float(m["grad_norm"]) > 0
     assert not np.array_equal(adapted(new.params, x, t), apply_fn(params, x, t))
     np.testing.assert_array_equal(adapted(new.aux["ref"], x, t), apply_fn(params, x, t))
+
+
+def test_ddpo_rows_pair_each_transition_with_its_own_sample():
+    # rows are transition-major (row j * B + i is sample i's j-th step): its reward and its state
+    apply_fn, params = functional(MLP(2, (16,), rngs=nnx.Rngs(0)))
+    rollout = rl.flow_rollout(5, (2,), steps=4, stochastic=True)
+    loss_fn = rl.ddpo_loss(apply_fn, rollout, lambda x, y: x[:, 0] + 10.0 * x[:, 1])
+    key = jax.random.key(4)
+    out = loss_fn(params, {}, key)
+    roll = rollout(apply_fn, params, {}, jax.random.split(key)[0])
+    r = np.asarray(roll["x"][:, 0] + 10.0 * roll["x"][:, 1])
+    np.testing.assert_allclose(np.asarray(out["reward"]).reshape(3, 5), np.tile(r, (3, 1)), rtol=1e-6)
+    # the per-row loss is the Gaussian NLL of that sample's transition, recomputed by hand for step 1
+    ts = np.asarray(rl.rollout_grid(4))
+    traj = np.asarray(roll["trajectory"])
+    v = apply_fn(params, jnp.asarray(traj[1]), jnp.full(5, ts[1]))
+    mean, std = rl.flow_sde_step_moments(v, jnp.asarray(traj[1]), jnp.full(5, ts[1]), jnp.full(5, ts[2]), ts[1])
+    expect = -rl.gaussian_log_prob(jnp.asarray(traj[2]), mean, std)
+    np.testing.assert_allclose(np.asarray(out["per_example"]).reshape(3, 5)[1], expect, rtol=1e-5)
+
+
+def test_ema_anchor_moves_toward_the_policy_by_its_decay():
+    aux = {"ref": {"w": jnp.zeros(2)}, "anchor": {"w": jnp.array([1.0, 1.0])}}
+    new = rl.ema_anchor_update(aux, {"w": jnp.array([3.0, -1.0])}, 199)  # after update 200: d = 0.2
+    np.testing.assert_allclose(new["anchor"]["w"], [0.2 * 1 + 0.8 * 3, 0.2 * 1 + 0.8 * -1], rtol=1e-6)
+    np.testing.assert_array_equal(new["ref"]["w"], aux["ref"]["w"])  # the reference never moves

@@ -102,6 +102,9 @@ def advantages(out: dict) -> jax.Array:
         return out["advantage"]
     if "reward" not in out:
         raise KeyError("the awm transform reads out['advantage'] or out['reward'] (with optional out['group']); neither is there")
+    if "mask" in out:
+        raise ValueError("advantages from rewards need whole groups: a padded batch (out['mask']) would enter the group "
+                         "means; pass out['advantage'] computed without the padding instead")
     r = out["reward"]
     if r.ndim != 1:
         raise ValueError(f"out['reward'] must have shape (rows,) when advantages are formed, got {r.shape}: combine "

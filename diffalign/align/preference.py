@@ -38,6 +38,7 @@ def _need(out, *keys):
 def implicit_reward(out) -> jax.Array:
     """g = l_ref - l_theta per example (gradient through l_theta only)."""
     _need(out, "ref_loss")
+    _no_mask(out)
     loss = _per_example(out)
     ref = jax.lax.stop_gradient(out["ref_loss"]).astype(loss.dtype)
     if ref.shape != loss.shape:
@@ -133,7 +134,8 @@ def lipo(beta: float = 1000.0, *, list_size: int) -> LossTransform:
         Delta_ij = |G_i - G_j| |1/D(tau_i) - 1/D(tau_j)|,  G = 2^psi - 1,  D(tau) = log2(1 + tau),
 
     tau the 1-based rank under the current scores (a constant); averaged over lists. DPO is its
-    K = 2 case up to the constant Delta."""
+    K = 2 case up to the constant Delta. The base-2 log is NDCG's discount (LambdaLoss, TF-Ranking);
+    the method notes write the natural log, which scales every Delta by ln 2."""
     _positive(beta=beta)
     if list_size < 2:
         raise ValueError(f"list_size must be >= 2, got {list_size}")
@@ -167,6 +169,7 @@ def rwr(temperature: float = 0.2) -> LossTransform:
         del step
         loss = _per_example(out)
         _need(out, "reward")
+        _no_mask(out)
         w = jax.nn.softmax(jax.lax.stop_gradient(out["reward"]).astype(loss.dtype) / temperature)
         return jnp.sum(w * loss), state, {"rwr_effective_size": 1.0 / jnp.sum(w**2)}
 
@@ -175,7 +178,17 @@ def rwr(temperature: float = 0.2) -> LossTransform:
 
 def chosen_mean() -> LossTransform:
     """The mean matching loss of the chosen half of a [chosen; rejected] batch (RPO's SFT term)."""
-    return LossTransform(lambda: (), lambda out, state, step: (jnp.mean(_halves(_per_example(out))[0]), state, {}))
+    def apply(out, state, step):
+        _no_mask(out)
+        return jnp.mean(_halves(_per_example(out))[0]), state, {}
+
+    return LossTransform(lambda: (), apply)
+
+
+def _no_mask(out):
+    if "mask" in out:
+        raise ValueError("preference objectives take whole pairs / lists / groups: a padded batch (out['mask']) "
+                         "is not supported; drop the padding before the loss")
 
 
 def _positive(**values):

@@ -46,6 +46,8 @@ def log_sigmoid_reward(reference=None) -> RewardTransform:
             ref = jax.lax.stop_gradient(jnp.asarray(out["reward_ref"], jnp.float32))
         else:
             ref = jnp.asarray(reference, jnp.float32)
+        if r.ndim == 2 and ref.ndim == 1 and reference is None:
+            ref = ref[:, None]  # one reference per example, shared by its objectives
         u = jax.nn.log_sigmoid(r - ref)
         u = u.sum(-1) if u.ndim == 2 else u
         return {**out, "reward": u}, state, {"reward_raw": jnp.mean(r), "reward_lsc": jnp.mean(u)}
@@ -55,13 +57,14 @@ def log_sigmoid_reward(reference=None) -> RewardTransform:
 
 def dynamic_weights(num_objectives: int, *, rate: float = 0.1, scale: float = 1.0) -> RewardTransform:
     """r = sum_k w_k r_k, then w <- softmax(log w + rate I / scale) with influence
-    I_k = sum_j <grad_k, grad_j> (Lu et al. 2025, the gradient-based variant).
+    I_k = sum_j <g_k, g_j> (Lu et al. 2025, the gradient-based variant).
 
     The paper takes the gradients on a chosen subset of layers; here they are taken at the
-    outermost layer every objective shares, the per-example losses, where objective k's gradient
-    is its (centred, unit-variance) reward vector a_k / B: I_k = sum_j <a_k, a_j> / B^2. An
-    objective that agrees with the others gains weight; one in conflict loses it. ``out["reward"]``
-    has shape (B, num_objectives); the weights (as log w) live in the transform state.
+    outermost layer every objective shares, the per-example weights of the matching loss, where
+    objective k's (reward-weighted) gradient is its centred reward vector a_k = r_k - mean r_k:
+    I_k = sum_j <a_k, a_j> / B, a covariance. An objective whose rewards vary more, or agree with
+    the others', gains weight; one in conflict loses it (``rate`` is in units of that
+    covariance). ``out["reward"]`` has shape (B, num_objectives); log w lives in the transform state.
     """
     if num_objectives < 2:
         raise ValueError(f"dynamic_weights needs >= 2 objectives, got {num_objectives}")
@@ -76,8 +79,8 @@ def dynamic_weights(num_objectives: int, *, rate: float = 0.1, scale: float = 1.
             raise ValueError(f"out['reward'] has {r.shape[1]} objectives, dynamic_weights was built for {num_objectives}")
         w = jnp.exp(state["log_w"])
         combined = r @ w
-        a = (r - r.mean(0)) / (r.std(0) + 1e-8)
-        gram = a.T @ a / r.shape[0] ** 2
+        a = r - r.mean(0)
+        gram = a.T @ a / r.shape[0]
         log_w = jax.nn.log_softmax(state["log_w"] + rate * gram.sum(1) / scale)
         metrics = {f"weight_{k}": w[k] for k in range(num_objectives)}
         return {**out, "reward": combined}, {"log_w": log_w}, metrics
