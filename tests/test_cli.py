@@ -124,4 +124,4 @@ def test_align_qm9_smoke_keeps_the_contract(tmp_path):
     r = read(out)
     m = r["metrics"]
     assert 0.0 <= m["final_reward"] <= 1.0 and 0.0 <= m["base_reward"] <= 1.0
-    assert len(r["curves"]["reward"]) == 3 and "valid_wo_correction_change_points" in m
+    assert len(r["curves"]["reward"]) == 3 and "validity_wo_correction_change_points" in m
