@@ -53,7 +53,6 @@ def timed(fn, *args, repeats: int):
 def main():
     args = parse()
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
     from benchmarks.common import write_result

@@ -123,7 +123,6 @@ class Task:
     """A pretrained model's definition, its data and its reward, for one task."""
 
     def __init__(self, cfg: Config):
-        self.cfg = cfg
         if cfg.task == "ring":
             from diffalign.data.toy2d import get_dataset
 
