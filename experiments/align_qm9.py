@@ -25,7 +25,7 @@ import numpy as np
 from diffalign import align
 from diffalign.align import rl
 from diffalign.checkpoint import Checkpointer
-from diffalign.graphs.align import awm_graph_loss, qed_reward
+from diffalign.graphs.align import awm_graph_loss, qed_reward, qed_scores
 from diffalign.graphs.gdss import build_model, sample_flags, sampler
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
 
@@ -58,7 +58,7 @@ def _tiny_gdss(out: str) -> str:
     return run_dir
 
 
-def _score(data, model, params, cfg, out, tag, timer, host):
+def _score(data, model, params, cfg, out, tag, timer):
     """Sample ``eval_samples`` molecules (the config's sampler, one batch as GDSS does) and score them."""
     f = sampler(model, params)
     key = jax.random.key(cfg.seed + 4242)
@@ -69,13 +69,12 @@ def _score(data, model, params, cfg, out, tag, timer, host):
     with timer(f"score_{tag}"):
         m = data.save_and_score(x, adj, np.asarray(flags), out, tag, False, True)
         types, bonds = data.M.quantize(x, adj)
-        m.update(_qed_summary(types, bonds, data, host))
+        m.update(_qed_summary(types, bonds))
     return m
 
 
-def _qed_summary(types, bonds, data, host):
-    x = (types[..., None] == np.arange(data.cfg.max_feat)).astype(np.float32)
-    rewards, valid = host(x, bonds.astype(np.float32))
+def _qed_summary(types, bonds):
+    rewards, valid = qed_scores(types, bonds, "QM9")
     return {"reward_mean": float(rewards.mean()), "qed_mean": float(rewards[valid > 0].mean()) if valid.any() else float("nan"),
             "num_samples": int(len(types))}
 
@@ -117,14 +116,14 @@ def run_qm9(cfg, out: str, smoke: bool) -> dict:
 
     rows = [{k: v for k, v in r.items() if k != "step"} for r in read_log(workdir)][-cfg.epochs:]
     curves = {k: [r.get(k) for r in rows] for k in rows[0]} if rows else {}
-    final = _score(data, model, result.state.params, cfg, out, "aligned", timer, host)
+    final = _score(data, model, result.state.params, cfg, out, "aligned", timer)
     if cfg.base_samples:
         with timer("score_base"):
             types, bonds = data.M.load_quantized(cfg.base_samples, "QM9")
             base = data._decode_and_score(types, bonds, out, "base", False)
-            base.update(_qed_summary(types, bonds, data, host))
+            base.update(_qed_summary(types, bonds))
     else:
-        base = _score(data, model, ref, cfg, out, "base", timer, host)
+        base = _score(data, model, ref, cfg, out, "base", timer)
     metrics = {
         "final_reward": final["qed_mean"], "base_reward": base["qed_mean"],
         "qed_gain": final["qed_mean"] - base["qed_mean"],

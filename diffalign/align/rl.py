@@ -29,6 +29,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from ..paths.base import LinearPath
+from ..paths.conversions import Predictor
+from ..sampling import deterministic
 from .awm import ema_anchor_decay
 
 GRPO_NOISE = 0.7  # Flow-GRPO's a in sigma_t = a sqrt(t / (1 - t))
@@ -76,19 +79,20 @@ def gaussian_log_prob(x, mean, std):
 def sample_flow(key, apply_fn, params, x1, steps: int, *, y=None, stochastic: bool = False, a: float = GRPO_NOISE):
     """Integrate from noise ``x1`` (t = 1) to t = 0 on the uniform grid of ``steps`` steps.
 
-    Deterministic: Euler on the probability-flow ODE; returns the final samples.
+    Deterministic: Euler on the probability-flow ODE (``sampling.deterministic.euler``); returns
+    the final samples.
     Stochastic: Flow-GRPO's SDE for every step but the last (which is Euler); returns
     (samples, trajectory of steps + 1 states). ``key`` is unused when deterministic.
     """
     ts = rollout_grid(steps)
+    if not stochastic:
+        pred = Predictor(lambda x, t: _apply(apply_fn, params, x, t, y), LinearPath(), "velocity")
+        return deterministic.euler(pred, x1, steps, ts=ts)
 
     def body(x, inp):
         (t, t_next), i = inp
         tb = jnp.full((x.shape[0],), t, x.dtype)
         v = _apply(apply_fn, params, x, tb, y)
-        if not stochastic:
-            x = x - (t - t_next) * v
-            return x, None
         k = jax.random.fold_in(key, i)
         mean, std = flow_sde_step_moments(v, x, tb, jnp.full_like(tb, t_next), ts[1], a)
         noisy = mean + std * jax.random.normal(k, x.shape, x.dtype)
@@ -96,8 +100,6 @@ def sample_flow(key, apply_fn, params, x1, steps: int, *, y=None, stochastic: bo
         return x, x
 
     x, xs = jax.lax.scan(body, x1, ((ts[:-1], ts[1:]), jnp.arange(steps)))
-    if not stochastic:
-        return x
     return x, jnp.concatenate([x1[None], xs])
 
 
@@ -126,7 +128,6 @@ def flow_rollout(num_samples: int, shape: tuple[int, ...], *, steps: int = 14, s
             res["x"] = sample_flow(None, apply_fn, params, x1, steps, y=y)
         return res
 
-    rollout.steps = steps
     return rollout
 
 

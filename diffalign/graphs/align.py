@@ -36,31 +36,36 @@ def quantize_jax(x, adj):
     return x0, order
 
 
-def qed_reward(dataset: str) -> Callable:
-    """Host function ``(X one-hot, A bond orders) -> (QED, valid without correction)`` per molecule.
+def qed_scores(types: np.ndarray, bonds: np.ndarray, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """(QED, valid without correction) per quantized molecule (atom types, -1 = none; bond orders).
 
-    A molecule that needs valency correction gets reward 0 (so the reward cannot trade validity
-    for QED); otherwise the QED (Bickerton et al. 2012, RDKit) of its largest fragment."""
+    A molecule that needs valency correction scores 0 (so a reward cannot trade validity for
+    QED); otherwise the QED (Bickerton et al. 2012, RDKit) of its largest fragment."""
     from rdkit import RDLogger
     from rdkit.Chem import QED
 
     from . import molecules as M
 
     RDLogger.DisableLog("rdApp.*")
+    rewards, valid = np.zeros(len(types), np.float32), np.zeros(len(types), np.float32)
+    for i, (t, b) in enumerate(zip(types, bonds)):
+        if (t >= 0).sum() == 0:
+            continue
+        mol, ok = M.correct(M.construct(t, b, dataset))
+        frag = M.largest_fragment(mol) if ok else None
+        if frag is not None:
+            rewards[i], valid[i] = QED.qed(frag), 1.0
+    return rewards, valid
+
+
+def qed_reward(dataset: str) -> Callable:
+    """Host function ``(X one-hot, A bond orders) -> (QED, valid without correction)``, for
+    ``jax.pure_callback`` on ``quantize_jax``'s output (``qed_scores`` per molecule)."""
 
     def fn(x, adj):
         x, adj = np.asarray(x), np.asarray(adj)
         types = np.where(x.any(-1), x.argmax(-1), -1).astype(np.int8)
-        bonds = np.rint(adj).astype(np.int8)
-        rewards, valid = np.zeros(len(x), np.float32), np.zeros(len(x), np.float32)
-        for i, (t, b) in enumerate(zip(types, bonds)):
-            if (t >= 0).sum() == 0:
-                continue
-            mol, ok = M.correct(M.construct(t, b, dataset))
-            frag = M.largest_fragment(mol) if ok else None
-            if frag is not None:
-                rewards[i], valid[i] = QED.qed(frag), 1.0
-        return rewards, valid
+        return qed_scores(types, np.rint(adj).astype(np.int8), dataset)
 
     return fn
 
