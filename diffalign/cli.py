@@ -19,6 +19,7 @@ EXPERIMENTS = {
     "digits": ("experiments.digits", "class-conditional diffusion on scikit-learn's 8x8 digits, with guidance and bits/dim"),
     "align": ("experiments.align", "reward alignment of a pretrained flow model: AWM, DDPO / Flow-GRPO, preference objectives"),
     "align-sweep": ("experiments.align_sweep", "AWM vs the DDPO baseline on the ring: learning rates x seeds, and the beta sweep"),
+    "distill": ("experiments.distill", "distil a flow teacher into a 1- or few-step generator: DMD, DMD2, Phased DMD, TDM"),
     "graphs": ("experiments.graphs", "GDSS graph generation: `graphs train|sample|evaluate`"),
 }
 

@@ -150,6 +150,54 @@ def get_dataset(name: str) -> Toy2D:
     return DATASETS[name]
 
 
+def mode_centers(name: str):
+    """(centres (K, 2), std) of a mixture data set's modes, or None for the others."""
+    if name == "8gaussians":
+        r = 1.0 / math.sqrt(2.0)
+        c = 5.0 * jnp.array([(1, 0), (-1, 0), (0, 1), (0, -1), (r, r), (-r, r), (r, -r), (-r, -r)])
+        return c, 0.1**0.25
+    if name in ("ring", "tong_8gaussians"):
+        radius, std = (4.0, 0.3) if name == "ring" else (5.0, 1.0)
+        ang = 2 * math.pi * jnp.arange(8) / 8
+        return radius * jnp.stack([jnp.cos(ang), jnp.sin(ang)], -1), std
+    if name == "25gaussians":
+        c = jnp.arange(25)
+        return 2.0 * jnp.stack([c // 5 - 2, c % 5 - 2], -1).astype(jnp.float32), 0.2
+    return None
+
+
+def mode_statistics(x, name: str) -> dict | None:
+    """Mode coverage of samples ``x`` on a mixture data set (None for the others).
+
+    Each point goes to its nearest centre. Returns the fraction per mode, the fraction of
+    points within 3 standard deviations of their centre, the number of modes holding
+    at least a fifth of their share of such points ("covered"), and the total-variation
+    distance between the mode weights (of all points) and the data's equal weights.
+    """
+    mc = mode_centers(name)
+    if mc is None:
+        return None
+    import numpy as np
+
+    centers, std = np.asarray(mc[0]), float(mc[1])
+    x = np.asarray(x)
+    d2 = np.sum((x[:, None, :] - centers[None]) ** 2, -1)
+    nearest = d2.argmin(1)
+    close = np.sqrt(d2.min(1)) <= 3.0 * std
+    k = len(centers)
+    frac = np.bincount(nearest, minlength=k) / len(x)
+    close_frac = np.bincount(nearest[close], minlength=k) / len(x)
+    return {
+        "mode_fractions": frac.tolist(),
+        "min_mode_fraction": float(frac.min()),
+        "max_mode_fraction": float(frac.max()),
+        "within_3std": float(close.mean()),
+        "modes_covered": int(np.sum(close_frac >= 0.2 / k)),
+        "num_modes": k,
+        "mode_tv": float(0.5 * np.abs(frac - 1.0 / k).sum()),
+    }
+
+
 def reference_set(name: str, n: int, seed: int = 12345):
     """A fixed evaluation set: ``n`` points, equal counts per mode, from a fixed seed."""
     return get_dataset(name).sample(jax.random.key(seed), n, stratified=True)

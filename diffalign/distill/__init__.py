@@ -1,0 +1,11 @@
+"""Distillation of a many-step teacher into a one- or few-step generator: DMD, DMD2, Phased DMD, TDM."""
+
+from .methods import METHODS as METHODS, DistillState as DistillState, Distiller as Distiller
+from .objectives import (
+    dm_gradient as dm_gradient,
+    matching_loss as matching_loss,
+    pseudo_huber_matching_loss as pseudo_huber_matching_loss,
+    subinterval_fm_loss as subinterval_fm_loss,
+    subinterval_targets as subinterval_targets,
+    transition as transition,
+)

@@ -1,0 +1,316 @@
+"""Distil a many-step flow teacher into a one- or few-step generator: DMD, DMD2, Phased DMD, TDM.
+
+Trains (or reuses, ``--teacher-dir``) a flow-matching teacher on the task, distils it with the
+chosen method, and compares the student at its NFE with the teacher at 100 steps, at 1 step and
+at the student's NFE with the best few-step sampler. Writes ``results.json`` (``teacher_w2``,
+``student_w2``, ``teacher_nfe``, ``student_nfe``, mode statistics on the mixtures; the Frechet
+distances on digits), ``samples.npz`` and ``samples.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from diffalign.data.toy2d import get_dataset, mode_statistics, reference_set
+from diffalign.distill import METHODS, Distiller
+from diffalign.losses import flow_matching_loss
+from diffalign.metrics import wasserstein2
+from diffalign.models import MLP, ResidualMLP, functional
+from diffalign.paths import LinearPath, Predictor
+from diffalign.sampling import sample
+from diffalign.training import init_train_state, make_optimizer, make_train_step, train
+
+from .common import Timer, field, prepare_out, require_positive, validate_choices, write_results
+
+NAME = "distill"
+DESCRIPTION = (
+    "Distil a flow-matching teacher into a few-step generator (dmd, dmd2, phased-dmd, tdm) and "
+    "compare it with the teacher at 100 steps and at the student's NFE."
+)
+TASKS = ("8gaussians", "moons", "25gaussians", "digits")
+FEW_STEP_SAMPLERS = ("euler", "heun", "dpm++2m")
+REFERENCE_SEED = 12345
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    task: str = field("8gaussians", "data: a 2-D toy (torchcfm 8 gaussians, moons, 25-mode grid) or 8x8 digits", choices=TASKS)
+    method: str = field("dmd2", "distillation method", choices=METHODS)
+    student_steps: int | None = field(None, "generator steps = NFE (default 1 for dmd/dmd2, 4 for phased-dmd/tdm)")
+    phases: int = field(2, "phased-dmd: number of phases (experts)")
+    steps: int = field(4000, "generator updates (phased-dmd: in all, split evenly over the phases)")
+    fake_updates: int | None = field(None, "fake-score updates per generator update (default 1 for dmd/tdm, 5 otherwise)")
+    batch_size: int = field(256, "generator batch (and fake-score batch)")
+    lr: float = field(1e-4, "generator learning rate")
+    fake_lr: float = field(1e-4, "fake-score learning rate")
+    clip_norm: float = field(10.0, "gradient clipping of both networks (DMD2: 10)")
+    ema_decay: float = field(0.99, "EMA of the generator (0: none)")
+    regression_weight: float = field(0.25, "dmd: weight of the regression to teacher ODE pairs")
+    regression_pairs: int = field(10_000, "dmd: precomputed noise -> teacher sample pairs")
+    teacher_steps: int = field(20_000, "teacher flow-matching steps")
+    teacher_lr: float = field(1e-3, "teacher learning rate (cosine decay)")
+    teacher_sample_steps: int = field(100, "the teacher's reference sampling steps (Euler)")
+    teacher_dir: str | None = field(None, "where the teacher is trained or found (default OUT/teacher); shared by runs")
+    num_samples: int = field(10_000, "samples for the metrics (and reference size)")
+    seed: int = field(0, "seed of the distillation (the teacher has its own, teacher_seed)")
+    teacher_seed: int = field(0, "teacher training seed")
+    steps_per_call: int = field(200, "steps per compiled chunk")
+    log_every: int = field(200, "log interval")
+    checkpoint_every: int = field(1000, "checkpoint interval")
+
+    def __post_init__(self):
+        validate_choices(self)
+        require_positive(self, "steps", "batch_size", "teacher_steps", "teacher_sample_steps", "num_samples", "phases")
+        if self.student_steps is not None and self.student_steps < 1:
+            raise ValueError(f"student_steps must be >= 1, got {self.student_steps}")
+        if self.method == "phased-dmd" and (self.num_student_steps % self.phases or self.steps % self.phases):
+            raise ValueError(
+                f"phased-dmd: phases ({self.phases}) must divide student_steps ({self.num_student_steps}) and steps ({self.steps})"
+            )
+        if self.method == "dmd" and self.num_student_steps != 1:
+            raise ValueError("dmd distils a one-step generator: use --student-steps 1 (or dmd2 / phased-dmd / tdm)")
+
+    @property
+    def num_student_steps(self) -> int:
+        if self.student_steps is not None:
+            return self.student_steps
+        return 1 if self.method in ("dmd", "dmd2") else 4
+
+    def smoke(self) -> "Config":
+        return dataclasses.replace(
+            self, steps=40 * self.phases if self.method == "phased-dmd" else 40, teacher_steps=300, num_samples=1000,
+            regression_pairs=500, steps_per_call=20, log_every=20, checkpoint_every=40, batch_size=128,
+        )
+
+
+@dataclasses.dataclass
+class Task:
+    name: str
+    dim: int
+    apply_fn: object
+    init_params: object
+    sample_data: object  # (key, n) -> (n, dim)
+    reference: np.ndarray
+    evaluate: object  # samples -> dict
+
+
+def make_task(cfg: Config, n_ref: int) -> Task:
+    if cfg.task == "digits":
+        from diffalign.data import digits as D
+
+        from .align import DigitClassifier
+
+        train_set, test_set = D.load_digits()
+        model = ResidualMLP(64, 256, 4, rngs=nnx.Rngs(cfg.teacher_seed))
+        apply_fn, params = functional(model)
+        k = jnp.asarray(train_set["k"])
+        clf = DigitClassifier(np.asarray(train_set["k"]), np.asarray(train_set["y"]))
+        real = np.asarray(D.dequantize(jax.random.key(REFERENCE_SEED), jnp.asarray(test_set["k"])))
+
+        def sample_data(key, n):
+            ki, kd = jax.random.split(key)
+            return D.dequantize(kd, k[jax.random.randint(ki, (n,), 0, k.shape[0])])
+
+        def evaluate(x):
+            from diffalign.metrics import frechet_distance
+
+            x = np.asarray(x)
+            return {
+                "frechet_logits": frechet_distance(np.asarray(clf.logits(jnp.asarray(x))), np.asarray(clf.logits(jnp.asarray(real)))),
+                "frechet_pca16": frechet_distance(clf.pca(x), clf.pca(real)),
+                "class_histogram": np.bincount(np.asarray(jnp.argmax(clf.logits(jnp.asarray(x)), -1)), minlength=10).tolist(),
+            }
+
+        return Task("digits", 64, apply_fn, params, sample_data, real, evaluate)
+
+    data = get_dataset(cfg.task)
+    model = MLP(2, (256, 256, 256), activation="silu", time_features=16, rngs=nnx.Rngs(cfg.teacher_seed))
+    apply_fn, params = functional(model)
+    reference = np.asarray(reference_set(cfg.task, n_ref, REFERENCE_SEED))
+
+    def evaluate(x):
+        out = {"w2": wasserstein2(np.asarray(x), reference)}
+        modes = mode_statistics(x, cfg.task)
+        if modes is not None:
+            out.update(modes)
+        return out
+
+    return Task(cfg.task, 2, apply_fn, params, lambda key, n: data.sample(key, n), reference, evaluate)
+
+
+TEACHER_FIELDS = ("task", "teacher_steps", "teacher_lr", "teacher_seed")
+
+
+def train_teacher(cfg: Config, task: Task, workdir: str):
+    """Flow matching on the linear path (sigma_min 0): the marginal velocity every method assumes."""
+    opt = make_optimizer(cfg.teacher_lr, schedule="cosine", num_steps=cfg.teacher_steps, clip_norm=1.0)
+    state = init_train_state(task.init_params, opt, jax.random.key(cfg.teacher_seed), ema=True)
+    step = make_train_step(flow_matching_loss(task.apply_fn, path=LinearPath()), opt, ema_decay=0.999)
+    data_key = jax.random.key(cfg.teacher_seed + 1_000_003)
+    batch_fn = lambda s: {"x": task.sample_data(jax.random.fold_in(data_key, s), 256)}  # noqa: E731
+    result = train(
+        state, step, batch_fn, num_steps=cfg.teacher_steps, workdir=workdir,
+        config={k: getattr(cfg, k) for k in TEACHER_FIELDS}, resume_ignore=(),
+        steps_per_call=min(500, cfg.teacher_steps), log_every=min(1000, cfg.teacher_steps),
+        checkpoint_every=cfg.teacher_steps, desc="teacher",
+    )
+    return result.state.eval_params(), result.summary
+
+
+def _sampler_nfe(name: str, steps: int) -> int:
+    return 2 * steps if name == "heun" else steps
+
+
+def run(cfg: Config, out: str, smoke: bool = False) -> dict:
+    if smoke:
+        cfg = cfg.smoke()
+    out = prepare_out(out)
+    timer = Timer()
+    t_start = time.perf_counter()
+    task = make_task(cfg, cfg.num_samples)
+    path = LinearPath()
+    with timer("teacher_train"):
+        teacher, teacher_summary = train_teacher(cfg, task, cfg.teacher_dir or os.path.join(out, "teacher"))
+    teacher_pred = Predictor(lambda x, t: task.apply_fn(teacher, x, t), path, "velocity")
+    key = jax.random.key(cfg.seed + 31337)
+    z = path.prior_sample(jax.random.fold_in(key, 0), (cfg.num_samples, task.dim))
+    K = cfg.num_student_steps
+
+    metrics: dict = {"task": cfg.task, "method": cfg.method}
+    samples: dict = {}
+
+    def teacher_sample(name, steps):
+        fn = jax.jit(lambda x: sample(None, teacher_pred, x, name, steps)[0])
+        fn.lower(z).compile()
+        t0 = time.perf_counter()
+        x = np.asarray(jax.block_until_ready(fn(z)))
+        return x, time.perf_counter() - t0
+
+    with timer("teacher_eval"):
+        x, secs = teacher_sample("euler", cfg.teacher_sample_steps)
+        samples["teacher"] = x
+        ev = task.evaluate(x)
+        metrics["teacher"] = {**ev, "nfe": cfg.teacher_sample_steps, "sample_s": secs}
+        metrics["teacher_nfe"] = cfg.teacher_sample_steps
+        x1, _ = teacher_sample("euler", 1)
+        metrics["teacher_1step"] = {**task.evaluate(x1), "nfe": 1}
+        few = {}
+        for name in FEW_STEP_SAMPLERS:
+            steps = K // 2 if name == "heun" else K
+            if steps < 1 or (name == "dpm++2m" and K < 2):
+                continue
+            xs, secs = teacher_sample(name, steps)
+            few[name] = {**task.evaluate(xs), "nfe": _sampler_nfe(name, steps), "sample_s": secs}
+            samples[f"teacher_{name}_{K}nfe"] = xs
+        key_metric = "w2" if task.name != "digits" else "frechet_logits"
+        best = min(few, key=lambda n: few[n][key_metric])
+        metrics["teacher_few_step"] = few
+        metrics["teacher_few_step_best"] = {"sampler": best, **few[best]}
+
+    regression = None
+    if cfg.method == "dmd" and cfg.regression_weight > 0:
+        with timer("regression_pairs"):
+            zr = path.prior_sample(jax.random.key(cfg.seed + 4242), (cfg.regression_pairs, task.dim))
+            yr = jax.jit(lambda x: sample(None, teacher_pred, x, "euler", cfg.teacher_sample_steps)[0])(zr)
+            regression = (zr, yr)
+
+    n_fake = cfg.fake_updates
+    distiller = Distiller(
+        cfg.method, task.apply_fn, teacher,
+        generator_optimizer=make_optimizer(cfg.lr, clip_norm=cfg.clip_norm),
+        fake_optimizer=make_optimizer(cfg.fake_lr, clip_norm=cfg.clip_norm),
+        path=path, student_steps=K, phases=cfg.phases if cfg.method == "phased-dmd" else 1,
+        steps_per_phase=cfg.steps // cfg.phases if cfg.method == "phased-dmd" else None,
+        fake_updates=n_fake, batch_size=cfg.batch_size, regression_weight=cfg.regression_weight,
+        ema_decay=cfg.ema_decay, data_shape=(task.dim,),
+    )
+    state = distiller.init(jax.random.key(cfg.seed))
+
+    def batch_fn(step):
+        if regression is None:
+            return {}
+        idx = jax.random.randint(jax.random.fold_in(jax.random.key(cfg.seed + 77), step), (cfg.batch_size,), 0, cfg.regression_pairs)
+        return {"z": regression[0][idx], "y": regression[1][idx]}
+
+    with timer("distill"):
+        result = train(
+            state, distiller.make_step(), batch_fn, num_steps=cfg.steps, workdir=os.path.join(out, "distill"),
+            config={**dataclasses.asdict(cfg), "teacher_dir": None}, resume_ignore=("num_samples", "log_every", "teacher_dir"),
+            steps_per_call=cfg.steps_per_call, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+            desc=f"{cfg.method}",
+        )
+    state = result.state
+    gen = jax.jit(lambda x, k: distiller.sample(state.eval_experts(), x, k))
+    k_s = jax.random.fold_in(key, 2)
+    gen.lower(z, k_s).compile()
+    t0 = time.perf_counter()
+    xs = np.asarray(jax.block_until_ready(gen(z, k_s)))
+    student_secs = time.perf_counter() - t0
+    samples["student"] = xs
+    metrics["student"] = {**task.evaluate(xs), "nfe": K, "sample_s": student_secs}
+    metrics["student_nfe"] = K
+    if task.name != "digits":
+        metrics["teacher_w2"] = metrics["teacher"]["w2"]
+        metrics["student_w2"] = metrics["student"]["w2"]
+        metrics["student_over_teacher_w2"] = metrics["student_w2"] / metrics["teacher_w2"]
+        metrics["teacher_few_step_w2"] = metrics["teacher_few_step_best"]["w2"]
+    metrics["sampling_speedup"] = metrics["teacher"]["sample_s"] / max(student_secs, 1e-9)
+    metrics["fake_updates"] = int(state.fake_updates)
+    metrics["final_metrics"] = result.summary["final_metrics"]
+
+    np.savez(os.path.join(out, "samples.npz"), reference=task.reference, noise=np.asarray(z), **samples)
+    picture = _picture(out, cfg, task, samples, metrics)
+    timings = {
+        **timer.times,
+        "teacher_train_run_s": teacher_summary["train_s"],
+        "distill_compile_s": result.summary["compile_s"],
+        "distill_run_s": result.summary["train_s"],
+        "distill_steps_per_sec": result.summary["steps_per_sec"],
+        "total_s": time.perf_counter() - t_start,
+    }
+    write_results(out, experiment=NAME, config=cfg, metrics=metrics, timings=timings,
+                  extra={"smoke": smoke, "teacher_summary": teacher_summary, "distill_summary": result.summary, "picture": picture})
+    return metrics
+
+
+def _picture(out, cfg, task, samples, metrics):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        print(f"note: no picture written ({e})")
+        return None
+    K = metrics["student_nfe"]
+    best = metrics["teacher_few_step_best"]["sampler"]
+    panels = [
+        ("teacher", f"teacher, {metrics['teacher_nfe']} NFE", metrics["teacher"]),
+        (f"teacher_{best}_{K}nfe", f"teacher {best}, {metrics['teacher_few_step_best']['nfe']} NFE", metrics["teacher_few_step_best"]),
+        ("student", f"{cfg.method} student, {K} NFE", metrics["student"]),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
+    for ax, (key, title, ev) in zip(axes, panels):
+        x = samples[key]
+        if task.name == "digits":
+            grid = np.clip((x[:64].reshape(8, 8, 8, 8).transpose(0, 2, 1, 3).reshape(64, 64) + 1) / 2, 0, 1)
+            ax.imshow(grid, cmap="gray_r")
+            ax.set_title(f"{title}\nFD(logits) {ev['frechet_logits']:.2f}")
+            ax.axis("off")
+        else:
+            ax.scatter(task.reference[:2000, 0], task.reference[:2000, 1], s=1, c="0.8")
+            ax.scatter(x[:2000, 0], x[:2000, 1], s=1)
+            ax.set_title(f"{title}\nW2 {ev['w2']:.3f}")
+            ax.set_aspect("equal")
+    fig.tight_layout()
+    path = os.path.join(out, "samples.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
