@@ -20,6 +20,7 @@ EXPERIMENTS = {
     "align": ("experiments.align", "reward alignment of a pretrained flow model: AWM, DDPO / Flow-GRPO, preference objectives"),
     "align-sweep": ("experiments.align_sweep", "AWM vs the DDPO baseline on the ring: learning rates x seeds, and the beta sweep"),
     "distill": ("experiments.distill", "distil a flow teacher into a 1- or few-step generator: DMD, DMD2, Phased DMD, TDM"),
+    "distill-sweep": ("experiments.distill_sweep", "every distillation method on the 2-D toys, over seeds"),
     "graphs": ("experiments.graphs", "GDSS graph generation: `graphs train|sample|evaluate`"),
 }
 

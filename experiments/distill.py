@@ -37,6 +37,7 @@ DESCRIPTION = (
 TASKS = ("8gaussians", "moons", "25gaussians", "digits")
 FEW_STEP_SAMPLERS = ("euler", "heun", "dpm++2m")
 REFERENCE_SEED = 12345
+EVAL_SEED = 31337  # the evaluation noise, shared by the teacher and every student
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Config:
     fake_updates: int | None = field(None, "fake-score updates per generator update (default 1 for dmd/tdm, 5 otherwise)")
     batch_size: int = field(256, "generator batch (and fake-score batch)")
     lr: float = field(1e-4, "generator learning rate")
-    fake_lr: float = field(1e-4, "fake-score learning rate")
+    fake_lr: float | None = field(None, "fake-score learning rate (default: 5 x lr for tdm, as TDM's code; lr otherwise)")
     clip_norm: float = field(10.0, "gradient clipping of both networks (DMD2: 10)")
     ema_decay: float = field(0.99, "EMA of the generator (0: none)")
     regression_weight: float = field(0.25, "dmd: weight of the regression to teacher ODE pairs")
@@ -82,6 +83,12 @@ class Config:
         if self.student_steps is not None:
             return self.student_steps
         return 1 if self.method in ("dmd", "dmd2") else 4
+
+    @property
+    def effective_fake_lr(self) -> float:
+        if self.fake_lr is not None:
+            return self.fake_lr
+        return 5 * self.lr if self.method == "tdm" else self.lr
 
     def smoke(self) -> "Config":
         return dataclasses.replace(
@@ -164,8 +171,86 @@ def train_teacher(cfg: Config, task: Task, workdir: str):
     return result.state.eval_params(), result.summary
 
 
+def make_distiller(cfg: Config, task: Task, teacher) -> Distiller:
+    return Distiller(
+        cfg.method, task.apply_fn, teacher,
+        generator_optimizer=make_optimizer(cfg.lr, clip_norm=cfg.clip_norm),
+        fake_optimizer=make_optimizer(cfg.effective_fake_lr, clip_norm=cfg.clip_norm),
+        path=LinearPath(), student_steps=cfg.num_student_steps, phases=cfg.phases if cfg.method == "phased-dmd" else 1,
+        steps_per_phase=cfg.steps // cfg.phases if cfg.method == "phased-dmd" else None,
+        fake_updates=cfg.fake_updates, batch_size=cfg.batch_size, regression_weight=cfg.regression_weight,
+        ema_decay=cfg.ema_decay, data_shape=(task.dim,),
+    )
+
+
+def load_run(run_dir: str):
+    """(config, task, teacher params, distiller, final state) of a finished ``diffalign distill`` run."""
+    import json
+
+    from diffalign.checkpoint import Checkpointer
+
+    with open(os.path.join(run_dir, "results.json")) as f:
+        saved = json.load(f)["config"]
+    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    task = make_task(cfg, cfg.num_samples)
+    opt = make_optimizer(cfg.teacher_lr, schedule="cosine", num_steps=cfg.teacher_steps, clip_norm=1.0)
+    template = init_train_state(task.init_params, opt, jax.random.key(cfg.teacher_seed), ema=True)
+    with Checkpointer(os.path.join(cfg.teacher_dir or os.path.join(run_dir, "teacher"), "checkpoints")) as ck:
+        teacher = ck.restore(template)[0].eval_params()
+    distiller = make_distiller(cfg, task, teacher)
+    with Checkpointer(os.path.join(run_dir, "distill", "checkpoints")) as ck:
+        state = ck.restore(distiller.init(jax.random.key(cfg.seed)))[0]
+    return cfg, task, teacher, distiller, state
+
+
 def _sampler_nfe(name: str, steps: int) -> int:
     return 2 * steps if name == "heun" else steps
+
+
+def evaluate_teacher(cfg: Config, task: Task, teacher_pred, z, teacher_dir: str):
+    """The teacher at ``teacher_sample_steps`` Euler steps, at 1 step, and at the student's NFE
+    with each few-step sampler (the best one named): (metrics, samples). Cached in the teacher's
+    directory, since every run on the same teacher and evaluation noise gets the same answer."""
+    import json
+
+    K = cfg.num_student_steps
+    stem = os.path.join(teacher_dir, f"eval-nfe{K}-n{cfg.num_samples}-ref{cfg.teacher_sample_steps}")
+    if os.path.exists(stem + ".json") and os.path.exists(stem + ".npz"):
+        with open(stem + ".json") as f:
+            metrics = json.load(f)
+        return metrics, dict(np.load(stem + ".npz"))
+
+    def teacher_sample(name, steps):
+        fn = jax.jit(lambda x: sample(None, teacher_pred, x, name, steps)[0])
+        fn.lower(z).compile()
+        t0 = time.perf_counter()
+        x = np.asarray(jax.block_until_ready(fn(z)))
+        return x, time.perf_counter() - t0
+
+    metrics, samples = {}, {}
+    x, secs = teacher_sample("euler", cfg.teacher_sample_steps)
+    samples["teacher"] = x
+    metrics["teacher"] = {**task.evaluate(x), "nfe": cfg.teacher_sample_steps, "sample_s": secs}
+    metrics["teacher_nfe"] = cfg.teacher_sample_steps
+    x1, _ = teacher_sample("euler", 1)
+    metrics["teacher_1step"] = {**task.evaluate(x1), "nfe": 1}
+    few = {}
+    for name in FEW_STEP_SAMPLERS:
+        steps = K // 2 if name == "heun" else K
+        if steps < 1 or (name == "dpm++2m" and K < 2):
+            continue
+        xs, secs = teacher_sample(name, steps)
+        few[name] = {**task.evaluate(xs), "nfe": _sampler_nfe(name, steps), "sample_s": secs}
+        samples[f"teacher_{name}_{K}nfe"] = xs
+    key_metric = "w2" if task.name != "digits" else "frechet_logits"
+    best = min(few, key=lambda n: few[n][key_metric])
+    metrics["teacher_few_step"] = few
+    metrics["teacher_few_step_best"] = {"sampler": best, **few[best]}
+    from .common import write_json
+
+    write_json(stem + ".json", metrics)
+    np.savez(stem + ".npz", **samples)
+    return metrics, samples
 
 
 def run(cfg: Config, out: str, smoke: bool = False) -> dict:
@@ -179,40 +264,14 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     with timer("teacher_train"):
         teacher, teacher_summary = train_teacher(cfg, task, cfg.teacher_dir or os.path.join(out, "teacher"))
     teacher_pred = Predictor(lambda x, t: task.apply_fn(teacher, x, t), path, "velocity")
-    key = jax.random.key(cfg.seed + 31337)
+    # one evaluation noise for every run (teacher and students see the same z)
+    key = jax.random.key(EVAL_SEED)
     z = path.prior_sample(jax.random.fold_in(key, 0), (cfg.num_samples, task.dim))
     K = cfg.num_student_steps
-
-    metrics: dict = {"task": cfg.task, "method": cfg.method}
-    samples: dict = {}
-
-    def teacher_sample(name, steps):
-        fn = jax.jit(lambda x: sample(None, teacher_pred, x, name, steps)[0])
-        fn.lower(z).compile()
-        t0 = time.perf_counter()
-        x = np.asarray(jax.block_until_ready(fn(z)))
-        return x, time.perf_counter() - t0
-
+    teacher_dir = cfg.teacher_dir or os.path.join(out, "teacher")
     with timer("teacher_eval"):
-        x, secs = teacher_sample("euler", cfg.teacher_sample_steps)
-        samples["teacher"] = x
-        ev = task.evaluate(x)
-        metrics["teacher"] = {**ev, "nfe": cfg.teacher_sample_steps, "sample_s": secs}
-        metrics["teacher_nfe"] = cfg.teacher_sample_steps
-        x1, _ = teacher_sample("euler", 1)
-        metrics["teacher_1step"] = {**task.evaluate(x1), "nfe": 1}
-        few = {}
-        for name in FEW_STEP_SAMPLERS:
-            steps = K // 2 if name == "heun" else K
-            if steps < 1 or (name == "dpm++2m" and K < 2):
-                continue
-            xs, secs = teacher_sample(name, steps)
-            few[name] = {**task.evaluate(xs), "nfe": _sampler_nfe(name, steps), "sample_s": secs}
-            samples[f"teacher_{name}_{K}nfe"] = xs
-        key_metric = "w2" if task.name != "digits" else "frechet_logits"
-        best = min(few, key=lambda n: few[n][key_metric])
-        metrics["teacher_few_step"] = few
-        metrics["teacher_few_step_best"] = {"sampler": best, **few[best]}
+        teacher_metrics, samples = evaluate_teacher(cfg, task, teacher_pred, z, teacher_dir)
+    metrics: dict = {"task": cfg.task, "method": cfg.method, **teacher_metrics}
 
     regression = None
     if cfg.method == "dmd" and cfg.regression_weight > 0:
@@ -221,16 +280,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
             yr = jax.jit(lambda x: sample(None, teacher_pred, x, "euler", cfg.teacher_sample_steps)[0])(zr)
             regression = (zr, yr)
 
-    n_fake = cfg.fake_updates
-    distiller = Distiller(
-        cfg.method, task.apply_fn, teacher,
-        generator_optimizer=make_optimizer(cfg.lr, clip_norm=cfg.clip_norm),
-        fake_optimizer=make_optimizer(cfg.fake_lr, clip_norm=cfg.clip_norm),
-        path=path, student_steps=K, phases=cfg.phases if cfg.method == "phased-dmd" else 1,
-        steps_per_phase=cfg.steps // cfg.phases if cfg.method == "phased-dmd" else None,
-        fake_updates=n_fake, batch_size=cfg.batch_size, regression_weight=cfg.regression_weight,
-        ema_decay=cfg.ema_decay, data_shape=(task.dim,),
-    )
+    distiller = make_distiller(cfg, task, teacher)
     state = distiller.init(jax.random.key(cfg.seed))
 
     def batch_fn(step):
@@ -248,7 +298,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
         )
     state = result.state
     gen = jax.jit(lambda x, k: distiller.sample(state.eval_experts(), x, k))
-    k_s = jax.random.fold_in(key, 2)
+    k_s = jax.random.fold_in(jax.random.key(cfg.seed), 2)
     gen.lower(z, k_s).compile()
     t0 = time.perf_counter()
     xs = np.asarray(jax.block_until_ready(gen(z, k_s)))

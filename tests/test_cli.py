@@ -129,3 +129,31 @@ def test_align_qm9_smoke_keeps_the_contract(tmp_path):
     assert 0.0 <= m["final"]["reward_mean"] <= 1.0 and 0.0 <= m["base"]["reward_mean"] <= 1.0
     assert all(np.isnan(v) or 0.0 <= v <= 1.0 for v in (m["final_reward"], m["base_reward"]))
     assert len(r["curves"]["reward"]) == 3 and "validity_wo_correction_change_points" in m
+
+
+@pytest.mark.parametrize("args", [("--method", "dmd"), ("--method", "phased-dmd", "--task", "25gaussians")])
+def test_distill_smoke_keeps_the_contract(tmp_path, args):
+    out = str(tmp_path / "distill")
+    cli("distill", "--out", out, "--smoke", *args)
+    r = read(out)
+    m = r["metrics"]
+    for k in ("teacher_w2", "student_w2", "teacher_nfe", "student_nfe", "teacher_few_step_w2"):
+        assert np.isfinite(m[k]), k
+    assert m["teacher_nfe"] == 100 and m["student_nfe"] == (1 if "dmd" in args else 4)
+    assert m["student"]["num_modes"] == (8 if "dmd" in args else 25)
+    s = np.load(os.path.join(out, "samples.npz"))
+    assert s["student"].shape == (1000, 2) and s["teacher"].shape == (1000, 2)
+    assert os.path.exists(r["picture"])
+    # a rerun finds the finished distillation and the teacher: nothing is retrained
+    cli("distill", "--out", out, "--smoke", *args)
+    r = read(out)
+    assert r["distill_summary"]["resumed_from"] == r["config"]["steps"] and r["distill_summary"]["steps_run"] == 0
+
+
+def test_distill_refuses_bad_settings(tmp_path):
+    p = cli("distill", "--out", str(tmp_path), "--method", "dmd", "--student-steps", "4", check=False)
+    assert p.returncode == 2 and "one-step generator" in p.stderr
+    p = cli("distill", "--out", str(tmp_path), "--method", "phased-dmd", "--phases", "3", check=False)
+    assert p.returncode == 2 and "phases (3) must divide" in p.stderr
+    p = cli("distill", "--out", str(tmp_path), "--task", "spirals", check=False)
+    assert p.returncode == 2 and "invalid choice: 'spirals'" in p.stderr
