@@ -21,6 +21,7 @@ EXPERIMENTS = {
     "align-sweep": ("experiments.align_sweep", "AWM vs the DDPO baseline on the ring: learning rates x seeds, and the beta sweep"),
     "distill": ("experiments.distill", "distil a flow teacher into a 1- or few-step generator: DMD, DMD2, Phased DMD, TDM"),
     "distill-sweep": ("experiments.distill_sweep", "every distillation method on the 2-D toys, over seeds"),
+    "distill-graphs": ("experiments.distill_graphs", "DMD2 on GDSS: a trained graph model becomes a few-step graph generator"),
     "graphs": ("experiments.graphs", "GDSS graph generation: `graphs train|sample|evaluate`"),
 }
 

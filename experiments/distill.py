@@ -22,7 +22,7 @@ from diffalign.data.toy2d import get_dataset, mode_statistics, reference_set
 from diffalign.distill import METHODS, Distiller
 from diffalign.losses import flow_matching_loss
 from diffalign.metrics import wasserstein2
-from diffalign.models import MLP, ResidualMLP, functional
+from diffalign.models import MLP, functional
 from diffalign.paths import LinearPath, Predictor
 from diffalign.sampling import sample
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
@@ -115,11 +115,12 @@ def make_task(cfg: Config, n_ref: int) -> Task:
         from .align import DigitClassifier
 
         train_set, test_set = D.load_digits()
-        model = ResidualMLP(64, 256, 4, rngs=nnx.Rngs(cfg.teacher_seed))
+        levels = np.asarray(train_set["k"]).reshape(-1, 64)
+        model = MLP(64, (512, 512, 512), activation="silu", time_features=16, rngs=nnx.Rngs(cfg.teacher_seed))
         apply_fn, params = functional(model)
-        k = jnp.asarray(train_set["k"])
-        clf = DigitClassifier(np.asarray(train_set["k"]), np.asarray(train_set["y"]))
-        real = np.asarray(D.dequantize(jax.random.key(REFERENCE_SEED), jnp.asarray(test_set["k"])))
+        k = jnp.asarray(levels)
+        clf = DigitClassifier(levels, np.asarray(train_set["y"]))
+        real = np.asarray(D.dequantize(jax.random.key(REFERENCE_SEED), jnp.asarray(test_set["k"]).reshape(-1, 64)))
 
         def sample_data(key, n):
             ki, kd = jax.random.split(key)
@@ -350,7 +351,8 @@ def _picture(out, cfg, task, samples, metrics):
     for ax, (key, title, ev) in zip(axes, panels):
         x = samples[key]
         if task.name == "digits":
-            grid = np.clip((x[:64].reshape(8, 8, 8, 8).transpose(0, 2, 1, 3).reshape(64, 64) + 1) / 2, 0, 1)
+            tiles = np.pad(np.clip((x[:64].reshape(8, 8, 8, 8) + 1) / 2, 0, 1), ((0, 0), (0, 0), (0, 1), (0, 1)))
+            grid = tiles.transpose(0, 2, 1, 3).reshape(72, 72)
             ax.imshow(grid, cmap="gray_r")
             ax.set_title(f"{title}\nFD(logits) {ev['frechet_logits']:.2f}")
             ax.axis("off")

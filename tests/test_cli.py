@@ -139,7 +139,7 @@ def test_distill_smoke_keeps_the_contract(tmp_path, args):
     m = r["metrics"]
     for k in ("teacher_w2", "student_w2", "teacher_nfe", "student_nfe", "teacher_few_step_w2"):
         assert np.isfinite(m[k]), k
-    assert m["teacher_nfe"] == 100 and m["student_nfe"] == (1 if "dmd" in args else 4)
+    assert m["teacher_nfe"] == 100 and "within_3std" in m["student"] and m["student_nfe"] == (1 if "dmd" in args else 4)
     assert m["student"]["num_modes"] == (8 if "dmd" in args else 25)
     s = np.load(os.path.join(out, "samples.npz"))
     assert s["student"].shape == (1000, 2) and s["teacher"].shape == (1000, 2)
@@ -157,3 +157,13 @@ def test_distill_refuses_bad_settings(tmp_path):
     assert p.returncode == 2 and "phases (3) must divide" in p.stderr
     p = cli("distill", "--out", str(tmp_path), "--task", "spirals", check=False)
     assert p.returncode == 2 and "invalid choice: 'spirals'" in p.stderr
+
+
+def test_distill_digits_smoke_reports_frechet_distances(tmp_path):
+    out = str(tmp_path / "distill")
+    cli("distill", "--out", out, "--smoke", "--task", "digits", "--method", "tdm")
+    m = read(out)["metrics"]
+    assert m["student_nfe"] == 4 and m["teacher_few_step_best"]["nfe"] == 4
+    for k in ("teacher", "teacher_1step", "teacher_few_step_best", "student"):
+        assert np.isfinite(m[k]["frechet_logits"]) and np.isfinite(m[k]["frechet_pca16"]), k
+    assert np.load(os.path.join(out, "samples.npz"))["student"].shape == (1000, 64)

@@ -302,3 +302,32 @@ def test_distiller_refuses_bad_settings():
     with pytest.raises(ValueError, match="pass a key"):
         d = _tiny_distiller("dmd2", student_steps=2)
         d.sample(d.init(jax.random.key(0)).experts, jnp.zeros((4, 2)))
+
+
+@pytest.mark.slow  # 50 s: GDSS's networks compile
+def test_graph_dmd2_step_and_samples_respect_the_graph_structure():
+    from diffalign.graphs.configs import get_config
+    from diffalign.graphs.distill import GraphDistiller
+    from diffalign.graphs.gdss import build_model
+    from diffalign.training import make_optimizer
+
+    cfg = get_config("community_small")
+    model = build_model(cfg, 0)
+    n = cfg.max_nodes
+    flags = np.zeros((6, n), np.float32)
+    for i, k in enumerate((12, 14, 16, 18, 20, 13)):
+        flags[i, :k] = 1
+    d = GraphDistiller(model, model.params, flags, make_optimizer(1e-3), make_optimizer(1e-3), student_steps=2,
+                       fake_updates=2, batch_size=4)
+    step = jax.jit(d.make_step())
+    st = d.init(jax.random.key(0))
+    for _ in range(2):
+        st, m = step(st, {})
+        assert not bool(m["nonfinite"]) and np.isfinite(float(m["loss"]))
+    assert int(st.step) == 2 and int(st.fake_updates) == 4
+    fl = jnp.asarray(flags[:3])
+    x, a = d.sample(st.experts, jax.random.key(1), fl)
+    assert x.shape == (3, n, cfg.max_feat) and a.shape == (3, n, n)
+    np.testing.assert_allclose(a, np.swapaxes(np.asarray(a), 1, 2), atol=1e-5)
+    pad = 1 - np.asarray(fl)
+    assert np.all(np.asarray(x) * pad[..., None] == 0) and np.all(np.asarray(a) * pad[:, :, None] == 0)
