@@ -102,7 +102,8 @@ def _table(cfg, summary) -> str:
     for task in cfg.tasks:
         first = summary[f"{task}/{cfg.methods[0]}"]
         lines.append(f"\n### {task}\n")
-        lines.append(f"Teacher: W2 {first['teacher_w2']:.3f} at 100 Euler steps (mode TV {first['teacher_mode_tv']})\n")
+        tv = first["teacher_mode_tv"]
+        lines.append(f"Teacher: W2 {first['teacher_w2']:.3f} at 100 Euler steps" + (f" (mode TV {tv:.3f})" if tv is not None else "") + "\n")
         lines.append("| method | NFE | student W2 | / teacher-100 W2 | teacher W2 at the same NFE (best sampler) | min mode share | within 3 std | modes covered | mode TV |")
         lines.append("|---|---|---|---|---|---|---|---|---|")
         for method in cfg.methods:

@@ -157,7 +157,11 @@ def _trajectory(v, z, t_end, steps=200):
     return jax.lax.scan(body, z, (ts[:-1], ts[1:]))[0]
 
 
-def test_phased_dmd_1d_toy_unbiased_target_reproduces_the_teacher_trajectories():
+SEEDS = [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_phased_dmd_1d_toy_unbiased_target_reproduces_the_teacher_trajectories(seed):
     """Data on {-1, 0, 1, 2}, subinterval (0.5, 1]: trajectories from the same noise to t = 0.5."""
     means, std, s = np.array([[-1.0], [0.0], [1.0], [2.0]]), 1e-3, 0.5
     exact = _exact_velocity(means, std)
@@ -165,14 +169,15 @@ def test_phased_dmd_1d_toy_unbiased_target_reproduces_the_teacher_trajectories()
     end_exact = _trajectory(exact, z, s)
     errs = {}
     for target in ("unbiased", "naive"):
-        v = _train_subinterval(_marginal_sampler(means, std, s), 1, s, target, steps=3000)
+        v = _train_subinterval(_marginal_sampler(means, std, s), 1, s, target, steps=3000, seed=seed)
         errs[target] = float(jnp.sqrt(jnp.mean((_trajectory(v, z, s) - end_exact) ** 2)))
-    print("1-D toy, RMS endpoint error at t = 0.5:", errs)
-    # measured: 0.005 and 0.126 (seed 0)
+    print(f"1-D toy, seed {seed}, RMS endpoint error at t = 0.5:", errs)
+    # measured (seeds 0, 1, 2): 0.0050, 0.0034, 0.0051 and 0.126, 0.128, 0.125
     assert errs["unbiased"] <= 0.02 and errs["naive"] >= 0.08, errs
 
 
-def test_phased_dmd_2d_relative_velocity_error_on_8_gaussians():
+@pytest.mark.parametrize("seed", SEEDS)
+def test_phased_dmd_2d_relative_velocity_error_on_8_gaussians(seed):
     """Relative MSE of the learned velocity against the exact one on (s, 1], s = 0.5:
     about 0.013 (unbiased) and 0.28 (naive) in the paper's setting; bars 0.03 and 0.15."""
     ang = 2 * np.pi * np.arange(8) / 8
@@ -188,9 +193,9 @@ def test_phased_dmd_2d_relative_velocity_error_on_8_gaussians():
     v_true = exact(x_t, t)
     rel = {}
     for target in ("unbiased", "naive"):
-        v = _train_subinterval(_marginal_sampler(means, std, s), 2, s, target, steps=4000)
+        v = _train_subinterval(_marginal_sampler(means, std, s), 2, s, target, steps=4000, seed=seed)
         rel[target] = float(jnp.mean(jnp.sum((v(x_t, t) - v_true) ** 2, -1)) / jnp.mean(jnp.sum(v_true**2, -1)))
-    print("8 gaussians, relative velocity MSE on (0.5, 1]:", rel)
+    print(f"8 gaussians, seed {seed}, relative velocity MSE on (0.5, 1]:", rel)
     assert rel["unbiased"] <= 0.03 and rel["naive"] >= 0.15, rel
 
 

@@ -82,10 +82,11 @@ def test_linear_path_ddim_is_euler_and_flow_samplers_agree():
 
 def test_time_grids():
     sde = VPSDE()
-    for kind in ("uniform", "log_snr", "edm"):
-        ts = np.asarray(time_grid(sde, 10, kind))
-        assert ts.shape == (11,) and ts[0] == pytest.approx(sde.t_max) and ts[-1] == pytest.approx(sde.t_min)
-        assert np.all(np.diff(ts) < 0)
+    for path in (sde, LinearPath()):  # the linear path ends at sigma = 0, an infinite log-SNR
+        for kind in ("uniform", "log_snr", "edm"):
+            ts = np.asarray(time_grid(path, 10, kind))
+            assert ts.shape == (11,) and ts[0] == pytest.approx(path.t_max) and ts[-1] == pytest.approx(path.t_min)
+            assert np.all(np.diff(ts) < 0), (path, kind, ts)
     lam = sde.log_snr(time_grid(sde, 10, "log_snr", keep_start=False))
     np.testing.assert_allclose(np.diff(np.asarray(lam)), np.diff(np.asarray(lam)).mean(), rtol=1e-3)
     with pytest.raises(ValueError, match="positive integer"):
