@@ -12,7 +12,8 @@ GRIDS = ("uniform", "log_snr", "edm")
 # higher than this noise-to-signal ratio sigma/alpha, where the data component is negligible.
 EDM_SIGMA_MAX = 80.0
 # and EDM's sigma_min: on a path that ends at sigma = 0 (rectified flow's t = 0, where the
-# log-SNR is infinite) the grid is spaced down to this level, and its last point is the end.
+# log-SNR is infinite) the grid is spaced down to this level, and its last point is the end
+# (finite ends are kept as they are).
 EDM_SIGMA_MIN = 0.002
 
 
@@ -47,7 +48,8 @@ def time_grid(
     if kind == "uniform":
         return jnp.linspace(hi, lo, steps + 1)
     lam_hi = jnp.maximum(path.log_snr(jnp.asarray(hi)), -jnp.log(EDM_SIGMA_MAX))
-    lam_lo = jnp.minimum(path.log_snr(jnp.asarray(lo)), -jnp.log(EDM_SIGMA_MIN))
+    lam_lo = path.log_snr(jnp.asarray(lo))
+    lam_lo = jnp.where(jnp.isfinite(lam_lo), lam_lo, -jnp.log(EDM_SIGMA_MIN))
     if kind == "log_snr":
         lam = jnp.linspace(lam_hi, lam_lo, steps + 1)
     else:
