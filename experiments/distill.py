@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from diffalign.data.toy2d import get_dataset, mode_statistics, reference_set
-from diffalign.distill import METHODS, Distiller
+from diffalign.distill import METHODS, Distiller, labels_from_null
 from diffalign.losses import flow_matching_loss
 from diffalign.metrics import wasserstein2
 from diffalign.models import MLP, functional
@@ -46,6 +46,7 @@ class Config:
     method: str = field("dmd2", "distillation method", choices=METHODS)
     student_steps: int | None = field(None, "generator steps = NFE (default 1 for dmd/dmd2, 4 for phased-dmd/tdm)")
     phases: int = field(2, "phased-dmd: number of phases (experts)")
+    steps_choices: tuple[int, ...] = field((), "tdm: a sampling-steps-aware student over these K (e.g. 1 2 4); K is an input")
     steps: int = field(4000, "generator updates (phased-dmd: in all, split evenly over the phases)")
     fake_updates: int | None = field(None, "fake-score updates per generator update (default 1 for dmd/tdm, 5 otherwise)")
     batch_size: int = field(256, "generator batch (and fake-score batch)")
@@ -75,11 +76,15 @@ class Config:
             raise ValueError(
                 f"phased-dmd: phases ({self.phases}) must divide student_steps ({self.num_student_steps}) and steps ({self.steps})"
             )
+        if self.steps_choices and (self.method != "tdm" or self.student_steps is not None):
+            raise ValueError("--steps-choices is TDM's steps-aware student: use it with --method tdm and without --student-steps")
         if self.method == "dmd" and self.num_student_steps != 1:
             raise ValueError("dmd distils a one-step generator: use --student-steps 1 (or dmd2 / phased-dmd / tdm)")
 
     @property
     def num_student_steps(self) -> int:
+        if self.steps_choices:
+            return max(self.steps_choices)
         if self.student_steps is not None:
             return self.student_steps
         return 1 if self.method in ("dmd", "dmd2") else 4
@@ -116,7 +121,8 @@ def make_task(cfg: Config, n_ref: int) -> Task:
 
         train_set, test_set = D.load_digits()
         levels = np.asarray(train_set["k"]).reshape(-1, 64)
-        model = MLP(64, (512, 512, 512), activation="silu", time_features=16, rngs=nnx.Rngs(cfg.teacher_seed))
+        model = MLP(64, (512, 512, 512), activation="silu", time_features=16, num_classes=len(cfg.steps_choices) or None,
+                    rngs=nnx.Rngs(cfg.teacher_seed))
         apply_fn, params = functional(model)
         k = jnp.asarray(levels)
         clf = DigitClassifier(levels, np.asarray(train_set["y"]))
@@ -139,7 +145,8 @@ def make_task(cfg: Config, n_ref: int) -> Task:
         return Task("digits", 64, apply_fn, params, sample_data, real, evaluate)
 
     data = get_dataset(cfg.task)
-    model = MLP(2, (256, 256, 256), activation="silu", time_features=16, rngs=nnx.Rngs(cfg.teacher_seed))
+    model = MLP(2, (256, 256, 256), activation="silu", time_features=16, num_classes=len(cfg.steps_choices) or None,
+                rngs=nnx.Rngs(cfg.teacher_seed))
     apply_fn, params = functional(model)
     reference = np.asarray(reference_set(cfg.task, n_ref, REFERENCE_SEED))
 
@@ -156,6 +163,14 @@ def make_task(cfg: Config, n_ref: int) -> Task:
 TEACHER_FIELDS = ("task", "teacher_steps", "teacher_lr", "teacher_seed")
 
 
+def teacher_config(cfg: Config) -> dict:
+    """What the teacher depends on (a steps-aware student needs a label slot in its network)."""
+    out = {k: getattr(cfg, k) for k in TEACHER_FIELDS}
+    if cfg.steps_choices:
+        out["num_labels"] = len(cfg.steps_choices)
+    return out
+
+
 def train_teacher(cfg: Config, task: Task, workdir: str):
     """Flow matching on the linear path (sigma_min 0): the marginal velocity every method assumes."""
     opt = make_optimizer(cfg.teacher_lr, schedule="cosine", num_steps=cfg.teacher_steps, clip_norm=1.0)
@@ -165,7 +180,7 @@ def train_teacher(cfg: Config, task: Task, workdir: str):
     batch_fn = lambda s: {"x": task.sample_data(jax.random.fold_in(data_key, s), 256)}  # noqa: E731
     result = train(
         state, step, batch_fn, num_steps=cfg.teacher_steps, workdir=workdir,
-        config={k: getattr(cfg, k) for k in TEACHER_FIELDS}, resume_ignore=(),
+        config=teacher_config(cfg), resume_ignore=(),
         steps_per_call=min(500, cfg.teacher_steps), log_every=min(1000, cfg.teacher_steps),
         checkpoint_every=cfg.teacher_steps, desc="teacher",
     )
@@ -181,6 +196,7 @@ def make_distiller(cfg: Config, task: Task, teacher) -> Distiller:
         steps_per_phase=cfg.steps // cfg.phases if cfg.method == "phased-dmd" else None,
         fake_updates=cfg.fake_updates, batch_size=cfg.batch_size, regression_weight=cfg.regression_weight,
         ema_decay=cfg.ema_decay, data_shape=(task.dim,),
+        steps_choices=tuple(cfg.steps_choices), init_fn=labels_from_null if cfg.steps_choices else None,
     )
 
 
@@ -306,6 +322,12 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     student_secs = time.perf_counter() - t0
     samples["student"] = xs
     metrics["student"] = {**task.evaluate(xs), "nfe": K, "sample_s": student_secs}
+    if cfg.steps_choices:  # the steps-aware student at each of its K
+        metrics["student_by_steps"] = {}
+        for k in cfg.steps_choices:
+            xk = np.asarray(jax.jit(lambda x, kk, k=k: distiller.sample(state.eval_experts(), x, kk, steps=k))(z, k_s))
+            metrics["student_by_steps"][str(k)] = {**task.evaluate(xk), "nfe": k}
+            samples[f"student_{k}steps"] = xk
     metrics["student_nfe"] = K
     if task.name != "digits":
         metrics["teacher_w2"] = metrics["teacher"]["w2"]

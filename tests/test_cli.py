@@ -155,6 +155,8 @@ def test_distill_refuses_bad_settings(tmp_path):
     assert p.returncode == 2 and "one-step generator" in p.stderr
     p = cli("distill", "--out", str(tmp_path), "--method", "phased-dmd", "--phases", "3", check=False)
     assert p.returncode == 2 and "phases (3) must divide" in p.stderr
+    p = cli("distill", "--out", str(tmp_path), "--method", "dmd2", "--steps-choices", "1", "2", check=False)
+    assert p.returncode == 2 and "steps-aware student" in p.stderr
     p = cli("distill", "--out", str(tmp_path), "--task", "spirals", check=False)
     assert p.returncode == 2 and "invalid choice: 'spirals'" in p.stderr
 

@@ -336,3 +336,39 @@ def test_graph_dmd2_step_and_samples_respect_the_graph_structure():
     np.testing.assert_allclose(a, np.swapaxes(np.asarray(a), 1, 2), atol=1e-5)
     pad = 1 - np.asarray(fl)
     assert np.all(np.asarray(x) * pad[..., None] == 0) and np.all(np.asarray(a) * pad[:, :, None] == 0)
+
+
+def _steps_aware_tdm():
+    from diffalign.training import make_optimizer
+
+    model = MLP(2, (32, 32), activation="silu", time_features=8, num_classes=3, rngs=nnx.Rngs(0))
+    apply_fn, teacher = functional(model)
+
+    from diffalign.distill import labels_from_null
+
+    # every K's label starts as the teacher's null label, so the student starts as the teacher
+    return Distiller("tdm", apply_fn, teacher, make_optimizer(1e-3), make_optimizer(1e-3), student_steps=4,
+                     steps_choices=(1, 2, 4), init_fn=labels_from_null, batch_size=32)
+
+
+def test_steps_aware_tdm_starts_as_the_teacher_for_every_k_and_resumes_exactly(tmp_path):
+    from diffalign.paths import Predictor
+    from diffalign.sampling import sample
+    from diffalign.training import train
+
+    d = _steps_aware_tdm()
+    st = d.init(jax.random.key(0))
+    z = jax.random.normal(jax.random.key(1), (16, 2))
+    teacher = Predictor(lambda x, t: d.apply_fn(d.teacher, x, t), d.path, "velocity")
+    for k in (1, 2, 4):
+        np.testing.assert_allclose(d.sample(st.experts, z, steps=k), sample(None, teacher, z, "euler", k)[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="not 3"):
+        d.sample(st.experts, z, steps=3)
+    kw = dict(steps_per_call=2, log_every=2, progress=False)
+    full = train(d.init(jax.random.key(0)), d.make_step(), lambda s: {}, num_steps=6, **kw).state
+    train(d.init(jax.random.key(0)), d.make_step(), lambda s: {}, num_steps=4, workdir=str(tmp_path), checkpoint_every=2, **kw)
+    resumed = train(d.init(jax.random.key(0)), d.make_step(), lambda s: {}, num_steps=6, workdir=str(tmp_path), checkpoint_every=2, **kw).state
+    for a, b in zip(jax.tree.leaves(full.experts), jax.tree.leaves(resumed.experts)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(jax.tree.leaves(full.experts), jax.tree.leaves(st.experts))]
+    assert any(moved)

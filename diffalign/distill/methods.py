@@ -27,7 +27,8 @@ ordinary training loop (checkpoints, exact resumption, logs) drives it. What eac
   by the DMD gradient evaluated inside the step's own interval (the student's next point x_{k+1},
   re-noised to tau in (t_{k+1}, t_k]), through TDM's pseudo-Huber surrogate; one fake score for
   all intervals, trained with the unbiased subinterval target from x_{k+1} (TDM's code uses an
-  x0 loss with importance weights for the same marginal).
+  x0 loss with importance weights for the same marginal). With ``steps_choices`` the student is
+  sampling-steps aware: K is drawn per update and fed, as a label, to the student and the fake score.
 """
 
 from __future__ import annotations
@@ -45,6 +46,20 @@ from ..paths.conversions import Predictor
 from . import objectives as O
 
 METHODS = ("dmd", "dmd2", "phased-dmd", "tdm")
+
+
+def labels_from_null(params):
+    """Every class-embedding row set to the last one (the null label of classifier-free guidance,
+    which an unconditionally trained ``MLP`` / ``ResidualMLP`` uses): the init_fn that makes a
+    steps-aware student start as the teacher for every K."""
+
+    def fix(path, leaf):
+        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        if "class_embed" in names and "embedding" in names:
+            return jnp.broadcast_to(leaf[-1], leaf.shape)
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(fix, params)
 
 
 @struct.dataclass
@@ -95,6 +110,12 @@ class Distiller:
       huber_c: TDM's pseudo-Huber c (None: 0.00054 sqrt(d)).
       ema_decay: EMA of the generator (0: none).
       data_shape: shape of one sample.
+      steps_choices: TDM's sampling-steps-aware student ("TDM-unify"): each update draws K from
+        these; the student and the fake score get K's index as the label of
+        ``apply_fn(params, x, t, y)`` (the teacher is called without one); sample with ``steps=K``.
+      init_fn: how the generator and fake score start from the teacher's parameters (default: a
+        copy), e.g. giving every K's label the embedding of the teacher's null label.
+      label: set by ``for_steps``; not an argument to pass.
     """
 
     method: str
@@ -115,6 +136,9 @@ class Distiller:
     huber_c: float | None = None
     ema_decay: float = 0.0
     data_shape: tuple[int, ...] = (2,)
+    steps_choices: tuple[int, ...] = ()
+    init_fn: Callable | None = None
+    label: int | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -136,6 +160,11 @@ class Distiller:
             raise ValueError(f"t_range must satisfy 0 <= lo < hi <= 1, got {self.t_range}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.steps_choices:
+            if self.method != "tdm":
+                raise ValueError("steps_choices (the sampling-steps-aware student) is TDM's variant: use method='tdm'")
+            if any(not isinstance(c, int) or c < 1 for c in self.steps_choices) or len(set(self.steps_choices)) != len(self.steps_choices):
+                raise ValueError(f"steps_choices must be distinct positive integers, got {self.steps_choices}")
 
     # -- the fixed parts -------------------------------------------------------------------
     @property
@@ -161,8 +190,21 @@ class Distiller:
         n = self.student_steps // self.phases
         return p * n, (p + 1) * n
 
-    def _pred(self, params) -> Predictor:
-        return Predictor(lambda x, t: self.apply_fn(params, x, t), self.path, self.parametrization)
+    def _pred(self, params, conditioned: bool = True) -> Predictor:
+        """The network as a Predictor; a steps-aware student and its fake score also get the
+        index of K as their label (the teacher never does)."""
+        if self.label is None or not conditioned:
+            return Predictor(lambda x, t: self.apply_fn(params, x, t), self.path, self.parametrization)
+        return Predictor(lambda x, t: self.apply_fn(params, x, t, self._labels(x)), self.path, self.parametrization)
+
+    def _labels(self, x):
+        return jnp.full((x.shape[0],), self.label, jnp.int32)
+
+    def for_steps(self, k: int) -> "Distiller":
+        """The steps-aware student at K = k steps: the same parameters, label = k's index."""
+        if k not in self.steps_choices:
+            raise ValueError(f"this steps-aware student was trained for K in {self.steps_choices}, not {k}")
+        return dataclasses.replace(self, student_steps=k, label=self.steps_choices.index(k), steps_choices=())
 
     @staticmethod
     def _expert(experts, e):
@@ -173,8 +215,9 @@ class Distiller:
         """Generator experts and fake score start from the teacher (the papers' initialisation)."""
         if not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
             raise TypeError("Distiller.init needs a typed PRNG key: use jax.random.key(seed)")
-        experts = jax.tree.map(lambda p: jnp.stack([p] * self.phases), self.teacher)
-        fake = jax.tree.map(jnp.copy, self.teacher)
+        start = self.teacher if self.init_fn is None else self.init_fn(self.teacher)
+        experts = jax.tree.map(lambda p: jnp.stack([p] * self.phases), start)
+        fake = jax.tree.map(jnp.copy, start)
         return DistillState(
             experts=experts,
             generator_opt=self.generator_optimizer.init(experts),
@@ -218,8 +261,11 @@ class Distiller:
             x0s.append(x0)
         return states, x0s
 
-    def sample(self, experts, z, key=None):
-        """Generator samples from noise z (NFE = K); ``key`` for DMD2's multi-step re-noising."""
+    def sample(self, experts, z, key=None, steps: int | None = None):
+        """Generator samples from noise z (NFE = K); ``key`` for DMD2's multi-step re-noising;
+        ``steps`` picks K of a steps-aware student."""
+        if self.steps_choices:
+            return self.for_steps(steps or max(self.steps_choices)).sample(experts, z, key)
         if self.method == "dmd2" and self.student_steps > 1 and key is None:
             raise ValueError("a multi-step dmd2 generator re-noises between steps: pass a key")
         return self.rollout(experts, z, key=key)[0][-1]
@@ -266,7 +312,7 @@ class Distiller:
         return x, x0, ts[end]
 
     def _denoisers(self, fake, x_t, t):
-        mu_real = self._pred(self.teacher).x0(x_t, t)
+        mu_real = self._pred(self.teacher, conditioned=False).x0(x_t, t)
         mu_fake = self._pred(fake).x0(x_t, t)
         return jax.lax.stop_gradient(mu_fake), jax.lax.stop_gradient(mu_real)
 
@@ -327,17 +373,30 @@ class Distiller:
     # -- the step ---------------------------------------------------------------------------
     def make_step(self) -> Callable:
         """The pure ``step(state, batch) -> (state, metrics)`` for ``diffalign.training.train``."""
-        fake_loss = O.subinterval_fm_loss(
-            self.apply_fn, self.path, self.parametrization,
-            clamp=None if self.method in ("dmd", "dmd2") else self.clamp,
-        )
+        clamp = None if self.method in ("dmd", "dmd2") else self.clamp
         gopt, fopt = self.generator_optimizer, self.fake_optimizer
+        variants = [self.for_steps(k) for k in self.steps_choices] or [self]
+
+        def choose(key):
+            """The index of this step's K (steps-aware TDM: K ~ U(steps_choices)); 0 otherwise."""
+            return jax.random.randint(jax.random.fold_in(key, 7), (), 0, len(variants))
+
+        def on_variant(i, make):
+            return make(variants[0])() if len(variants) == 1 else jax.lax.switch(i, [make(v) for v in variants])
+
+        def fake_loss(fake, x_s, s, key, t_max, i):
+            if self.steps_choices:
+                fn = lambda p, x, t: self.apply_fn(p, x, t, jnp.full((x.shape[0],), i, jnp.int32))  # noqa: E731
+            else:
+                fn = self.apply_fn
+            return O.subinterval_fm_loss(fn, self.path, self.parametrization, clamp=clamp)(fake, x_s, s, key, t_max)
 
         def fake_update(carry, key, experts, phase):
             fake, opt_state = carry
             k_s, k_l = jax.random.split(key)
-            x_s, s, t_max = self._branch(phase, lambda p: lambda: self.fake_sample(experts, p, k_s))
-            loss, grads = jax.value_and_grad(lambda f: jnp.mean(fake_loss(f, x_s, s, k_l, t_max)))(fake)
+            i = choose(key)
+            x_s, s, t_max = on_variant(i, lambda v: lambda: self._branch(phase, lambda p: lambda: v.fake_sample(experts, p, k_s)))
+            loss, grads = jax.value_and_grad(lambda f: jnp.mean(fake_loss(f, x_s, s, k_l, t_max, i)))(fake)
             updates, opt_state = fopt.update(grads, opt_state, fake)
             return (optax.apply_updates(fake, updates), opt_state), loss
 
@@ -359,9 +418,9 @@ class Distiller:
             )
 
             def objective(experts):
-                loss, terms = self._branch(
-                    phase, lambda p: lambda: self.generator_loss(experts, fake, batch, k_gen, p)
-                )
+                loss, terms = on_variant(choose(k_gen), lambda v: lambda: self._branch(
+                    phase, lambda p: lambda: v.generator_loss(experts, fake, batch, k_gen, p)
+                ))
                 return jnp.mean(loss), terms
 
             (loss, terms), grads = jax.value_and_grad(objective, has_aux=True)(state.experts)
