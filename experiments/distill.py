@@ -187,6 +187,15 @@ def train_teacher(cfg: Config, task: Task, workdir: str):
     return result.state.eval_params(), result.summary
 
 
+def run_config(cfg: Config) -> dict:
+    """The config saved with the distillation's checkpoints. Fields added later with an empty
+    default are left out while empty, so runs written before they existed still resume."""
+    out = {**dataclasses.asdict(cfg), "teacher_dir": None}
+    if not cfg.steps_choices:
+        del out["steps_choices"]
+    return out
+
+
 def make_distiller(cfg: Config, task: Task, teacher) -> Distiller:
     return Distiller(
         cfg.method, task.apply_fn, teacher,
@@ -309,7 +318,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     with timer("distill"):
         result = train(
             state, distiller.make_step(), batch_fn, num_steps=cfg.steps, workdir=os.path.join(out, "distill"),
-            config={**dataclasses.asdict(cfg), "teacher_dir": None}, resume_ignore=("num_samples", "log_every", "teacher_dir"),
+            config=run_config(cfg), resume_ignore=("num_samples", "log_every", "teacher_dir"),
             steps_per_call=cfg.steps_per_call, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
             desc=f"{cfg.method}",
         )
