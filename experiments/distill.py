@@ -287,14 +287,14 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     t_start = time.perf_counter()
     task = make_task(cfg, cfg.num_samples)
     path = LinearPath()
+    teacher_dir = cfg.teacher_dir or os.path.join(out, "teacher")
     with timer("teacher_train"):
-        teacher, teacher_summary = train_teacher(cfg, task, cfg.teacher_dir or os.path.join(out, "teacher"))
+        teacher, teacher_summary = train_teacher(cfg, task, teacher_dir)
     teacher_pred = Predictor(lambda x, t: task.apply_fn(teacher, x, t), path, "velocity")
     # one evaluation noise for every run (teacher and students see the same z)
     key = jax.random.key(EVAL_SEED)
     z = path.prior_sample(jax.random.fold_in(key, 0), (cfg.num_samples, task.dim))
     K = cfg.num_student_steps
-    teacher_dir = cfg.teacher_dir or os.path.join(out, "teacher")
     with timer("teacher_eval"):
         teacher_metrics, samples = evaluate_teacher(cfg, task, teacher_pred, z, teacher_dir)
     metrics: dict = {"task": cfg.task, "method": cfg.method, **teacher_metrics}

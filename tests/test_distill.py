@@ -11,7 +11,6 @@ from flax import nnx
 
 from diffalign.distill import Distiller, matching_loss, pseudo_huber_matching_loss, subinterval_fm_loss, subinterval_targets
 from diffalign.distill.objectives import transition
-from diffalign.losses import flow_matching_loss
 from diffalign.models import MLP, functional
 from diffalign.paths import LinearPath, get_path
 

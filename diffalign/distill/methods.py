@@ -244,22 +244,25 @@ class Distiller:
         with fresh noise from ``key`` (DMD2's multi-step generator; its default).
         """
         stochastic = (self.method == "dmd2") if stochastic is None else stochastic
-        ts = self.grid
         upto = self.student_steps if upto is None else upto
         states, x0s, x = [z], [], z
         for k in range(upto):
-            pred = self._pred(self._expert(experts, self.expert_of_step(k)))
-            t = jnp.full((x.shape[0],), ts[k], x.dtype)
-            x0 = pred.x0(x, t)
-            if k + 1 == self.student_steps:
-                x = x0
-            else:
-                eps_hat = pred.eps(x, t)
-                noise = jax.random.normal(jax.random.fold_in(key, k), x.shape, x.dtype) if stochastic else None
-                x = self._move(x0, eps_hat, ts[k + 1], noise)
+            noise = jax.random.normal(jax.random.fold_in(key, k), x.shape, x.dtype) if stochastic else None
+            x, x0 = self._advance(self._expert(experts, self.expert_of_step(k)), x, k, noise)
             states.append(x)
             x0s.append(x0)
         return states, x0s
+
+    def _advance(self, params, x, k: int, noise=None):
+        """Step k of the generator: (the state at t_{k+1}, the x0 prediction at t_k). The last
+        step returns the prediction itself."""
+        ts = self.grid
+        pred = self._pred(params)
+        t = jnp.full((x.shape[0],), ts[k], x.dtype)
+        x0 = pred.x0(x, t)
+        if k + 1 == self.student_steps:
+            return x0, x0
+        return self._move(x0, pred.eps(x, t), ts[k + 1], noise), x0
 
     def sample(self, experts, z, key=None, steps: int | None = None):
         """Generator samples from noise z (NFE = K); ``key`` for DMD2's multi-step re-noising;
@@ -299,17 +302,15 @@ class Distiller:
         return jax.lax.stop_gradient(x_s), jnp.full((B,), s), jnp.ones((B,))
 
     def _phase_output(self, experts, phase, z):
+        """(x_s, its last x0 prediction, s) for phase ``phase`` (static): the frozen earlier experts
+        bring z to the phase's start, its own expert (with gradient) to its end s."""
         first, end = self.phase_bounds(phase)
-        states, _ = self.rollout(jax.lax.stop_gradient(experts), z, upto=first)
-        x = states[-1]
-        ts = self.grid
-        pred = self._pred(self._expert(experts, phase))
+        x = self.rollout(jax.lax.stop_gradient(experts), z, upto=first)[0][-1]
+        params = self._expert(experts, phase)
         x0 = None
         for k in range(first, end):
-            t = jnp.full((x.shape[0],), ts[k], x.dtype)
-            x0 = pred.x0(x, t)
-            x = x0 if k + 1 == self.student_steps else self._move(x0, pred.eps(x, t), ts[k + 1], None)
-        return x, x0, ts[end]
+            x, x0 = self._advance(params, x, k)
+        return x, x0, self.grid[end]
 
     def _denoisers(self, fake, x_t, t):
         mu_real = self._pred(self.teacher, conditioned=False).x0(x_t, t)
