@@ -371,3 +371,16 @@ def test_steps_aware_tdm_starts_as_the_teacher_for_every_k_and_resumes_exactly(t
         assert np.array_equal(np.asarray(a), np.asarray(b))
     moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(jax.tree.leaves(full.experts), jax.tree.leaves(st.experts))]
     assert any(moved)
+
+
+def test_dm_gradient_normalises_over_real_entries_only():
+    """Zero padding must not change the gradient of an example (graphs of different sizes)."""
+    from diffalign.distill import dm_gradient
+
+    k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+    x, mf, mr = (jax.random.normal(k, (1, 5)) for k in (k1, k2, k3))
+    pad = lambda v: jnp.concatenate([v, jnp.zeros((1, 11))], -1)  # noqa: E731
+    g = dm_gradient(mf, mr, x)
+    gp = dm_gradient(pad(mf), pad(mr), pad(x), jnp.array([5.0]))
+    np.testing.assert_allclose(gp[:, :5], g, rtol=1e-6)
+    assert np.allclose(dm_gradient(pad(mf), pad(mr), pad(x))[:, :5], g * 16 / 5)  # what padding did before: 16/5 too large

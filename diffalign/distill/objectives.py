@@ -100,10 +100,16 @@ def _mean_abs(x):
     return jnp.mean(jnp.abs(x).reshape(x.shape[0], -1), axis=-1)
 
 
-def dm_gradient(mu_fake, mu_real, x):
+def dm_gradient(mu_fake, mu_real, x, count=None):
     """DMD2's generator gradient on the clean sample ``x``: (mu_fake - mu_real) /
-    mean|x - mu_real| per example (the L1 normaliser of DMD), NaN-free."""
-    norm = jnp.maximum(_mean_abs(x - mu_real), 1e-6)
+    mean|x - mu_real| per example (the L1 normaliser of DMD), NaN-free. ``count`` (B,): the
+    number of real entries per example when the rest is zero padding (graphs), so the mean is
+    over real entries only."""
+    if count is None:
+        norm = _mean_abs(x - mu_real)
+    else:
+        norm = jnp.sum(jnp.abs(x - mu_real).reshape(x.shape[0], -1), axis=-1) / jnp.maximum(count, 1.0)
+    norm = jnp.maximum(norm, 1e-6)
     return jnp.nan_to_num(bcast(1.0 / norm, x) * (mu_fake - mu_real))
 
 

@@ -153,8 +153,9 @@ class GraphDistiller:
         rx, ra = self.denoise(self.teacher, xt, at, flags, t)
         fx, fa = self.denoise(fake, xt, at, flags, t)
         sg = jax.lax.stop_gradient
-        gx = mask_x(dm_gradient(sg(fx), sg(rx), sg(x)), flags)
-        ga = mask_adj(dm_gradient(sg(fa), sg(ra), sg(a)), flags)
+        n = jnp.sum(flags, axis=-1)  # normalise over real entries: padding would shrink the mean
+        gx = mask_x(dm_gradient(sg(fx), sg(rx), sg(x), n * x.shape[-1]), flags)
+        ga = mask_adj(dm_gradient(sg(fa), sg(ra), sg(a), n * (n - 1)), flags)
         lx, la = matching_loss(x, gx), matching_loss(a, ga)
         return jnp.mean(lx + la), {"loss_dm_x": jnp.mean(lx), "loss_dm_a": jnp.mean(la)}
 
