@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,29 +31,12 @@ def parse():
     return p.parse_args()
 
 
-def timed(fn, *args, repeats: int):
-    """(compile seconds, median run seconds, all run seconds) of ``jax.jit(fn)(*args)``."""
-    import jax
-
-    jitted = jax.jit(fn)
-    t0 = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(*args))
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        runs.append(time.perf_counter() - t0)
-    return compile_s, statistics.median(runs), runs
-
-
 def main():
     args = parse()
     import jax
     from flax import nnx
 
-    from benchmarks.common import write_result
+    from benchmarks.common import timed, write_result
     from diffalign import align
     from diffalign.align import rl
     from diffalign.align.tasks import RingReward

@@ -37,3 +37,23 @@ def time_train_chunks(step, batch_fn, state, chunk: int, repeats: int) -> tuple[
         s = jax.block_until_ready(compiled(s)[0])
         times.append((time.perf_counter() - t0) / chunk)
     return compile_s, times
+
+
+def timed(fn, *args, repeats: int):
+    """(compile seconds, median run seconds, all run seconds) of ``jax.jit(fn)(*args)``."""
+    import statistics
+    import time
+
+    import jax
+
+    jitted = jax.jit(fn)
+    t0 = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(*args))
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        runs.append(time.perf_counter() - t0)
+    return compile_s, statistics.median(runs), runs

@@ -23,7 +23,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -38,22 +37,6 @@ def parse():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     return p.parse_args()
-
-
-def timed(fn, *args, repeats: int):
-    import jax
-
-    jitted = jax.jit(fn)
-    t0 = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(*args))
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        runs.append(time.perf_counter() - t0)
-    return compile_s, statistics.median(runs), runs
 
 
 def step_times(repeats: int) -> dict:
@@ -88,6 +71,7 @@ def speedups(sweep: str, repeats: int) -> dict:
     import jax
     import numpy as np
 
+    from benchmarks.common import timed
     from diffalign.metrics import wasserstein2
     from diffalign.paths import Predictor
     from diffalign.sampling import sample
