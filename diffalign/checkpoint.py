@@ -2,8 +2,11 @@
 
 Each checkpoint holds the whole TrainState (params, optimizer state, EMA, step, PRNG key,
 transform state) and, beside it, the run's config as JSON. Orbax writes a step into a
-temporary directory and renames it when complete, so an interrupted save never replaces the
-last good checkpoint; ``latest_step`` only sees complete ones. Restores go onto an abstract
+temporary directory (``<step>.orbax-checkpoint-tmp``) and renames it when complete, so an
+interrupted save never replaces the last good checkpoint; ``latest_step`` only sees complete
+ones, and the leftovers of an interrupted save are removed when the directory is next opened.
+In a multi-process run every process calls ``save`` (the write is collective: each process
+writes its own shards, process 0 the metadata and the config). Restores go onto an abstract
 target (shapes, dtypes and shardings of a state like the one being restored), so a checkpoint
 restores onto any device layout.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from typing import Any
 
 import jax
@@ -46,7 +50,8 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint directory {directory} is not readable and writable")
         self.directory = directory
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
+            cleanup_tmp_directories=True,
         )
         try:
             self._manager = ocp.CheckpointManager(directory, options=options)
@@ -67,7 +72,9 @@ class Checkpointer:
         args = {"state": ocp.args.StandardSave(state)}
         if config is not None:
             args["config"] = ocp.args.JsonSave(config)
-        return self._manager.save(int(step), args=ocp.args.Composite(**args), force=force)
+        started = self._manager.save(int(step), args=ocp.args.Composite(**args), force=force)
+        _kill_in_save_hook(int(step))
+        return started
 
     def restore(self, target, step: int | None = None) -> tuple[Any, dict | None]:
         """Restore (state, config) at ``step`` (default: latest) into the structure of ``target``.
@@ -136,3 +143,15 @@ class Checkpointer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+KILL_IN_SAVE_ENV = "DIFFALIGN_TEST_KILL_IN_SAVE"
+
+
+def _kill_in_save_hook(step: int) -> None:
+    """Test hook: with DIFFALIGN_TEST_KILL_IN_SAVE=<step>, the process SIGKILLs itself while
+    that step's save is in flight (its temporary directory written, not yet committed), so
+    tests can check that an interrupted save never costs the last complete checkpoint."""
+    target = os.environ.get(KILL_IN_SAVE_ENV)
+    if target is not None and int(target) == step:
+        os.kill(os.getpid(), signal.SIGKILL)

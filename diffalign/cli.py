@@ -26,8 +26,12 @@ EXPERIMENTS = {
 }
 
 
+LAUNCH_SUMMARY = "run a diffalign command as N cooperating local processes (jax.distributed on 127.0.0.1)"
+
+
 def _top_parser() -> argparse.ArgumentParser:
     lines = "\n".join(f"  {name:<12} {summary}" for name, (_, summary) in EXPERIMENTS.items())
+    lines += f"\n  {'launch':<12} {LAUNCH_SUMMARY}"
     return argparse.ArgumentParser(
         prog="diffalign",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -71,10 +75,43 @@ def experiment_parser(name: str, argv: list[str]):
     return parser, config_cls, run, argv
 
 
+def launch_main(argv: list[str]) -> int:
+    """``diffalign launch --processes N [--local-devices K] -- COMMAND ...``"""
+    from diffalign.distributed.multihost import launch
+
+    if "--" in argv:
+        cut = argv.index("--")
+        own, command = argv[:cut], argv[cut + 1:]
+    else:
+        own, command = argv, []
+    parser = argparse.ArgumentParser(
+        prog="diffalign launch", description=LAUNCH_SUMMARY,
+        usage="diffalign launch --processes N [--local-devices K] [--port P] [--log-dir DIR] -- COMMAND ...",
+        epilog="example: diffalign launch --processes 2 -- diffalign toy2d --out runs/toy2d-2p --method icfm",
+    )
+    parser.add_argument("--processes", type=int, required=True, help="number of processes")
+    parser.add_argument("--local-devices", type=int, default=None, help="simulated CPU devices per process")
+    parser.add_argument("--port", type=int, default=None, help="coordinator port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--log-dir", default=None, help="where processes 1..N-1 write their output (default: discarded)")
+    args = parser.parse_args(own)
+    if not command:
+        parser.error("give the command to run after '--'")
+    if args.processes < 1:
+        parser.error(f"--processes must be at least 1, got {args.processes}")
+    if args.local_devices is not None and args.local_devices < 1:
+        parser.error(f"--local-devices must be at least 1, got {args.local_devices}")
+    return launch(command, args.processes, port=args.port, local_devices=args.local_devices, log_dir=args.log_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "launch":
+        return launch_main(argv[1:])
+    from diffalign.distributed.multihost import initialize_from_env
+
+    initialize_from_env()  # a process started by `diffalign launch` or a cluster script
     from experiments.common import config_from_args
 
-    argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in EXPERIMENTS:
         top = _top_parser()
         if argv and argv[0] not in ("-h", "--help"):
@@ -96,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         # failures a user can act on: say what happened, without a traceback
         print(f"error: {e}", file=sys.stderr)
         return 1
+    from diffalign.distributed import is_main_process
+
+    if not is_main_process():
+        return 0
     print(f"results: {args.out}/results.json")
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return 0

@@ -29,6 +29,7 @@ def versions() -> dict:
     import jax
 
     out["devices"] = [str(d) for d in jax.devices()]
+    out["process_count"] = jax.process_count()
     return out
 
 
@@ -82,7 +83,10 @@ def write_results(out: str, *, experiment: str, config, metrics: dict, timings: 
     }
     if extra:
         results.update(extra)
-    return write_json(os.path.join(out, "results.json"), results)
+    path = os.path.join(out, "results.json")
+    from diffalign.distributed import is_main_process
+
+    return write_json(path, results) if is_main_process() else path
 
 
 def prepare_out(out: str) -> str:

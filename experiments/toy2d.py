@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from diffalign.data.toy2d import DATASETS, get_dataset, reference_set
+from diffalign.distributed import is_main_process, model_init, parse_mesh, to_host
 from diffalign.losses import dsm_loss, flow_matching_loss
 from diffalign.metrics import energy_distance, wasserstein2
 from diffalign.models import MLP, functional
@@ -65,9 +66,17 @@ class Config:
     steps_per_call: int = field(500, "training steps per compiled chunk")
     log_every: int = field(1000, "log interval in steps")
     checkpoint_every: int = field(10_000, "checkpoint interval in steps")
+    mesh: str = field("auto", "device mesh DATAxMODEL (e.g. 4x2); auto: all devices on 'data' in a multi-process run, else one device")
+    shard_model: bool = field(False, "split the MLP's hidden layers over the mesh's 'model' axis")
+    accumulate: int = field(1, "gradient accumulation: microbatches per step (batch_size must divide)")
+    remat: bool = field(False, "rematerialise the MLP's layers in the backward pass (less memory)")
+    compute_dtype: str = field("float32", "dtype of the network's compute (parameters stay float32)", choices=("float32", "bfloat16"))
 
     def __post_init__(self):
         validate_choices(self)
+        require_positive(self, "accumulate")
+        if self.batch_size % self.accumulate:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by accumulate={self.accumulate}")
         source, target = parse_task(self.task)
         if self.method == "dsm" and source != "noise":
             raise ValueError(f"dsm needs a Gaussian source ('noise->...'), got task {self.task!r}")
@@ -135,16 +144,20 @@ def _source_points(source: str, process, n: int, key):
 
 # fields that only affect sampling and evaluation: a run may be resumed with other values
 EVAL_FIELDS = ("sampler", "sample_steps", "num_samples", "nll_points", "log_every", "checkpoint_every", "steps_per_call")
+# layout-only fields: a run may resume on another mesh, with or without rematerialisation
+LAYOUT_FIELDS = ("mesh", "shard_model", "remat")
+# fields added after runs were written: what their absence stands for
+ADDED_DEFAULTS = {"accumulate": 1, "compute_dtype": "float32"}
 
 
-def _train_round(cfg, apply_fn, params, process, loss_fn, batch_fn, workdir, seed, desc):
+def _train_round(cfg, apply_fn, params, process, loss_fn, batch_fn, workdir, seed, desc, mesh):
     opt = make_optimizer(cfg.lr, name=cfg.optimizer, weight_decay=cfg.weight_decay)
     state = init_train_state(params, opt, jax.random.key(seed), ema=cfg.ema_decay > 0)
-    step = make_train_step(loss_fn, opt, ema_decay=cfg.ema_decay)
+    step = make_train_step(loss_fn, opt, ema_decay=cfg.ema_decay, accumulate=cfg.accumulate)
     return train(
         state, step, batch_fn,
         num_steps=cfg.steps, workdir=workdir, config={**dataclasses.asdict(cfg), "round": desc},
-        resume_ignore=("steps",) + EVAL_FIELDS,
+        resume_ignore=("steps",) + EVAL_FIELDS + LAYOUT_FIELDS, resume_defaults=ADDED_DEFAULTS, mesh=mesh,
         # vmapped Sinkhorn solves run until the slowest converges: per step is faster for it
         vectorize_batches=not (cfg.method == "otcfm" and cfg.ot_solver == "sinkhorn"), steps_per_call=cfg.steps_per_call, log_every=cfg.log_every,
         checkpoint_every=cfg.checkpoint_every, desc=desc,
@@ -159,7 +172,15 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     t_start = time.perf_counter()
     source, target = parse_task(cfg.task)
     process, parametrization = _velocity_model(cfg)
-    model = MLP(2, cfg.hidden, activation=cfg.activation, time_features=cfg.time_features, rngs=nnx.Rngs(cfg.seed))
+    mesh = parse_mesh(cfg.mesh)
+    if cfg.shard_model and mesh is None:
+        raise ValueError("shard_model needs a mesh with a 'model' axis, e.g. --mesh 4x2")
+    if mesh is not None and cfg.method == "otcfm" and jax.process_count() > 1:
+        raise ValueError("otcfm couples each batch on the host; in a multi-process run use icfm, rf or dsm")
+    with model_init(mesh if cfg.shard_model else None):
+        model = MLP(2, cfg.hidden, activation=cfg.activation, time_features=cfg.time_features,
+                    dtype=jnp.dtype(cfg.compute_dtype), remat=cfg.remat, shard_model=cfg.shard_model,
+                    rngs=nnx.Rngs(cfg.seed))
     apply_fn, params = functional(model)
     if cfg.method == "dsm":
         loss_fn = dsm_loss(process, apply_fn, parametrization="eps")
@@ -171,7 +192,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
 
     rounds = []
     with timer("train"):
-        result = _train_round(cfg, apply_fn, params, process, loss_fn, batch_fn, os.path.join(out, "round0"), cfg.seed, "train")
+        result = _train_round(cfg, apply_fn, params, process, loss_fn, batch_fn, os.path.join(out, "round0"), cfg.seed, "train", mesh)
     rounds.append(result.summary)
     state = result.state
 
@@ -183,7 +204,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
         for r in range(1, cfg.reflow + 1):
             with timer("reflow_pairs"):
                 x1 = _source_points(source, process, cfg.reflow_pairs, jax.random.key(cfg.seed + 7919 * r))
-                pred = make_pred(state.eval_params())
+                pred = make_pred(to_host(state.eval_params()))
                 x0, _ = jax.jit(lambda x: sample(None, pred, x, "adaptive", rtol=1e-4, atol=1e-4))(x1)
                 pool = {"x": x0, "x_source": x1}
             if not bool(jnp.all(jnp.isfinite(x0))):
@@ -197,12 +218,13 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
             with timer("train"):
                 result = _train_round(
                     cfg, apply_fn, state.eval_params(), process, paired_loss, pool_batches,
-                    os.path.join(out, f"reflow{r}"), cfg.seed + r, f"reflow {r}",
+                    os.path.join(out, f"reflow{r}"), cfg.seed + r, f"reflow {r}", mesh,
                 )
             rounds.append(result.summary)
             state = result.state
 
-    params = state.eval_params()
+    # evaluation runs on each process's own copy of the parameters; process 0 writes the files
+    params = to_host(state.eval_params())
     pred = make_pred(params)
     key = jax.random.key(cfg.seed + 31337)
     x_T = _source_points(source, process, cfg.num_samples, jax.random.fold_in(key, 0))
@@ -231,8 +253,10 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     metrics["train_steps_per_sec"] = rounds[0]["steps_per_sec"]
     metrics["num_samples"] = cfg.num_samples
 
-    np.savez(os.path.join(out, "samples.npz"), samples=samples, source=np.asarray(x_T), reference=reference)
     picture = None
+    if not is_main_process():
+        return metrics
+    np.savez(os.path.join(out, "samples.npz"), samples=samples, source=np.asarray(x_T), reference=reference)
     try:
         from diffalign.viz import plot_2d
 

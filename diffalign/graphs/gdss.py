@@ -34,11 +34,12 @@ class GDSSModel:
         return self.config.graph_sde()
 
 
-def build_model(cfg: GDSSConfig, seed: int) -> GDSSModel:
+def build_model(cfg: GDSSConfig, seed: int, *, remat: bool = False) -> GDSSModel:
+    """``remat``: rematerialise every layer of both networks (same values, less memory)."""
     rngs = nnx.Rngs(seed)
-    netx = ScoreNetworkX(cfg.max_feat, cfg.x_depth, cfg.x_nhid, rngs=rngs)
+    netx = ScoreNetworkX(cfg.max_feat, cfg.x_depth, cfg.x_nhid, remat=remat, rngs=rngs)
     neta = ScoreNetworkA(cfg.max_feat, cfg.a_nhid, cfg.a_layers, cfg.a_linears, cfg.c_init, cfg.c_hid,
-                         cfg.c_final, cfg.adim, cfg.heads, rngs=rngs)
+                         cfg.c_final, cfg.adim, cfg.heads, remat=remat, rngs=rngs)
     apply_x, px = functional(netx)
     apply_a, pa = functional(neta)
     return GDSSModel(cfg, apply_x, apply_a, {"x": px, "a": pa})

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..models.mlp import remat_if
+
 
 def mask_x(x, flags):
     return x * flags[..., None]
@@ -90,7 +92,8 @@ class MLP(nnx.Module):
 class ScoreNetworkX(nnx.Module):
     """h_0 = X, h_l = tanh(GCN_l(h_{l-1}, A)); out = MLP_3(concat h_0..h_depth), masked."""
 
-    def __init__(self, max_feat: int, depth: int, nhid: int, *, rngs: nnx.Rngs):
+    def __init__(self, max_feat: int, depth: int, nhid: int, *, remat: bool = False, rngs: nnx.Rngs):
+        self.remat = remat
         self.gcns = nnx.List([DenseGCN(max_feat if i == 0 else nhid, nhid, rngs=rngs) for i in range(depth)])
         fdim = max_feat + depth * nhid
         self.final = MLP(3, fdim, 2 * fdim, max_feat, rngs=rngs)
@@ -98,8 +101,9 @@ class ScoreNetworkX(nnx.Module):
     def __call__(self, x, adj, flags):
         a = normalize_adj(adj)
         hs = [x]
+        block = remat_if(self.remat, lambda gcn, x, a: jnp.tanh(gcn(x, a)))
         for gcn in self.gcns:
-            x = jnp.tanh(gcn(x, a))
+            x = block(gcn, x, a)
             hs.append(x)
         return mask_x(self.final(jnp.concatenate(hs, -1)), flags)
 
@@ -178,11 +182,15 @@ class AttentionLayer(nnx.Module):
 
 
 class ScoreNetworkA(nnx.Module):
-    """Graph multi-head attention over [A, A^2, ...]; per-entry MLP of all channels, zero diagonal."""
+    """Graph multi-head attention over [A, A^2, ...]; per-entry MLP of all channels, zero diagonal.
+
+    ``remat=True`` rematerialises each attention layer (``jax.checkpoint``), as ``remat`` on
+    ``ScoreNetworkX`` does each GCN layer."""
 
     def __init__(self, max_feat: int, nhid: int, num_layers: int, num_linears: int, c_init: int, c_hid: int,
-                 c_final: int, adim: int, heads: int = 4, *, rngs: nnx.Rngs):
+                 c_final: int, adim: int, heads: int = 4, *, remat: bool = False, rngs: nnx.Rngs):
         self.c_init = c_init
+        self.remat = remat
         layers = []
         for i in range(num_layers):
             if i == 0:
@@ -204,8 +212,9 @@ class ScoreNetworkA(nnx.Module):
         adjc = jnp.stack(powers, 1)
         packed = tri.pack(adjc)
         chans = [packed]
+        block = remat_if(self.remat, lambda layer, x, adjc, packed: layer(x, adjc, packed, flags, tri, pmask))
         for i, layer in enumerate(self.layers):
-            x, packed = layer(x, adjc, packed, flags, tri, pmask)
+            x, packed = block(layer, x, adjc, packed)
             chans.append(packed)
             if i < len(self.layers) - 1:
                 adjc = tri.unpack(packed)

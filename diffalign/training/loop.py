@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..checkpoint import CheckpointError, Checkpointer
-from ..distributed.mesh import batch_sharding, check_divisible, is_main_process, replicated, state_shardings
+from ..distributed.mesh import batch_sharding, check_divisible, is_main_process, make_mesh, put, replicated, state_shardings
 from .logger import MetricLogger, logged_train_seconds, read_log
 from .step import make_multi_step
 
@@ -66,9 +66,12 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_differences(saved: dict, current: dict, ignore=()) -> list[str]:
-    """Keys whose values differ between two (nested) configs, ignoring ``ignore``."""
+def config_differences(saved: dict, current: dict, ignore=(), defaults: dict | None = None) -> list[str]:
+    """Keys whose values differ between two (nested) configs, ignoring ``ignore``; a key in
+    ``defaults`` that the saved config lacks (written before the key existed) counts as its default."""
     a, b = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(current)))
+    for k, v in (defaults or {}).items():
+        a.setdefault(k, v)
     keys = sorted((set(a) | set(b)) - set(ignore))
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys if a.get(k) != b.get(k)]
 
@@ -101,7 +104,8 @@ class _Chunks:
         stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *batches)
         if self.mesh is None:
             return stacked
-        return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(self.mesh, axis=1)), stacked)
+        # each process transfers only the rows of its own devices
+        return put(stacked, jax.tree.map(lambda _: batch_sharding(self.mesh, axis=1), stacked))
 
     def run(self, state, start: int, n: int):
         batches = None if self.on_device else self.host_batches(start, n)
@@ -161,6 +165,7 @@ def train(
     progress: bool = True,
     tensorboard: bool = False,
     resume_ignore: tuple[str, ...] = ("num_steps",),
+    resume_defaults: dict | None = None,
     on_log: Callable | None = None,
     desc: str = "train",
     time_limit_s: float | None = None,
@@ -178,10 +183,15 @@ def train(
       workdir: where checkpoints (``workdir/checkpoints``) and metric logs go; ``None``
         trains in memory only.
       config: JSON-serialisable run config, saved beside every checkpoint and compared on
-        resume (keys in ``resume_ignore`` may differ).
+        resume (keys in ``resume_ignore`` may differ; ``resume_defaults`` gives the value a key
+        stands for in configs written before it existed).
       steps_per_call: training steps per compiled ``lax.scan`` chunk.
       log_every / checkpoint_every: intervals in steps (checkpoints also at the end).
-      mesh: a device mesh for data-parallel training (batch split over "data").
+      mesh: a ("data", "model") device mesh: the batch is split over "data", parameters follow
+        their layers' annotations (replicated by default). In a multi-process run (after
+        ``jax.distributed.initialize``) it defaults to all devices on "data"; every process
+        then calls ``train`` with the same arguments, feeds its own rows of each batch, and
+        only process 0 logs and shows progress.
       on_log: called as ``on_log(step, metrics)`` after each log row.
       time_limit_s: stop at the first log boundary after this many seconds of training
         (compilation not counted), with a checkpoint there; ``summary["stopped_early"]`` says so.
@@ -196,12 +206,14 @@ def train(
     ckpt = logger = None
     resumed_from = None
     state_sh = None
+    if mesh is None and jax.process_count() > 1:
+        mesh = make_mesh()
     if mesh is not None:
         probe = jax.eval_shape(batch_fn, 0) if batch_on_device else batch_fn(0)
         for leaf in jax.tree.leaves(probe):
             check_divisible(leaf.shape[0], mesh)
         state_sh = state_shardings(state, mesh)
-        state = jax.device_put(state, state_sh)
+        state = put(state, state_sh)
     _check_first_step(step_fn, state, batch_fn, batch_on_device)
     state = jax.tree.map(jnp.copy, state)  # chunks donate their input; never consume the caller's arrays
 
@@ -211,7 +223,7 @@ def train(
         if latest is not None:
             restored, saved_config = ckpt.restore(state, latest)
             if config is not None and saved_config is not None:
-                diff = config_differences(saved_config, config, resume_ignore)
+                diff = config_differences(saved_config, config, resume_ignore, resume_defaults)
                 if diff:
                     raise CheckpointError(
                         f"the checkpoints in {ckpt.directory} were written with a different config "

@@ -29,6 +29,7 @@ def make_train_step(
     ema_decay: float = 0.999,
     ema_warmup: bool = False,
     aux_update: Callable | None = None,
+    accumulate: int = 1,
 ) -> Callable:
     """Return the pure ``step(state, batch) -> (state, metrics)``.
 
@@ -43,19 +44,38 @@ def make_train_step(
     reference and EMA anchor) the loss is called as ``loss_fn(params, batch, key, aux)``, and
     after the update ``aux = aux_update(aux, new_params, step)`` when ``aux_update`` is given.
     Gradients flow to ``params`` only.
+
+    ``accumulate=k`` (gradient accumulation) evaluates the batch as k microbatches (rows
+    j, j + k, j + 2k, ... form microbatch j, so a batch split over devices stays split), one
+    at a time, so activation memory is that of B/k examples. The gradient is that of the
+    transform of the whole batch's per-example quantities, for any transform (pairwise DPO,
+    group advantages...): a first pass computes them without gradients, the transform's
+    cotangent is taken on the whole batch, and a second pass back-propagates it microbatch by
+    microbatch (about one extra forward pass). Microbatch j draws its noise from
+    ``fold_in(key, j)``: the same distribution as without accumulation, other draws.
     """
     transform = transform or mean()
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+    if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
+        raise ValueError(f"accumulate must be a positive integer (microbatches per step), got {accumulate!r}")
+
+    def call_loss(params, batch, key, aux):
+        return loss_fn(params, batch, key) if aux is None else loss_fn(params, batch, key, jax.lax.stop_gradient(aux))
 
     def objective(params, batch, key, tstate, step, aux):
-        out = loss_fn(params, batch, key) if aux is None else loss_fn(params, batch, key, jax.lax.stop_gradient(aux))
+        out = call_loss(params, batch, key, aux)
         loss, tstate, tmetrics = transform.apply(out, tstate, step)
         return loss, (tstate, tmetrics, out)
 
+    def loss_and_grads(params, batch, key, tstate, step, aux):
+        if accumulate == 1:
+            return jax.value_and_grad(objective, has_aux=True)(params, batch, key, tstate, step, aux)
+        return _accumulated(call_loss, transform, accumulate, params, batch, key, tstate, step, aux)
+
     def step_fn(state: TrainState, batch):
         key = jax.random.fold_in(state.key, state.step)
-        (loss, (tstate, tmetrics, out)), grads = jax.value_and_grad(objective, has_aux=True)(
+        (loss, (tstate, tmetrics, out)), grads = loss_and_grads(
             state.params, batch, key, state.transform_state, state.step, state.aux
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -78,6 +98,74 @@ def make_train_step(
         return new, metrics
 
     return step_fn
+
+
+def _microbatches(batch, k: int):
+    """Leaves (B, ...) -> (k, B/k, ...), microbatch j holding rows j, j + k, ..."""
+
+    def split(x):
+        if x.ndim == 0 or x.shape[0] % k:
+            raise ValueError(
+                f"gradient accumulation over {k} microbatches needs batch leaves whose leading size is a "
+                f"multiple of {k}, got shape {tuple(x.shape)}"
+            )
+        return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def _join(stacked, k: int, m: int):
+    """Inverse of ``_microbatches`` for per-example leaves (k, m, ...); scalars (k,) -> mean."""
+
+    def join(x):
+        if x.ndim >= 2 and x.shape[1] == m:
+            return jnp.swapaxes(x, 0, 1).reshape(k * m, *x.shape[2:])
+        if x.ndim == 1:
+            return jnp.mean(x, axis=0) if jnp.issubdtype(x.dtype, jnp.inexact) else x[0]
+        raise ValueError(f"loss output of shape {tuple(x.shape[1:])} per microbatch is neither per-example nor scalar")
+
+    return jax.tree.map(join, stacked)
+
+
+def _accumulated(call_loss, transform, k, params, batch, key, tstate, step, aux):
+    """(loss, (tstate, tmetrics, out)), grads of ``transform(out(batch))`` over k microbatches."""
+    micro = _microbatches(batch, k)
+    m = jax.tree.leaves(micro)[0].shape[1]
+    keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(k))
+    stacked = jax.lax.map(lambda xs: call_loss(params, xs[0], xs[1], aux), (micro, keys))
+    out = _join(jax.lax.stop_gradient(stacked), k, m)
+    leaves, treedef = jax.tree.flatten(out)
+    diff = [jnp.issubdtype(x.dtype, jnp.inexact) for x in leaves]
+
+    def rebuild(float_leaves):
+        it = iter(float_leaves)
+        return jax.tree.unflatten(treedef, [next(it) if d else x for x, d in zip(leaves, diff)])
+
+    def of_out(float_leaves):
+        loss, new_tstate, tmetrics = transform.apply(rebuild(float_leaves), tstate, step)
+        return loss, (new_tstate, tmetrics)
+
+    float_leaves = [x for x, d in zip(leaves, diff) if d]
+    loss, vjp_out, (new_tstate, tmetrics) = jax.vjp(of_out, float_leaves, has_aux=True)
+    (cotangent,) = vjp_out(jnp.ones_like(loss))
+    # per-example cotangents go back to their microbatch rows; a scalar's is split evenly (it was a mean)
+    ct_micro = [
+        _microbatches(c, k) if c.ndim >= 1 and c.shape[0] == k * m else jnp.broadcast_to(c / k, (k, *c.shape))
+        for c in cotangent
+    ]
+
+    def body(grads, xs):
+        mb, mkey, ct = xs
+
+        def floats(p):
+            return [x for x, d in zip(jax.tree.leaves(call_loss(p, mb, mkey, aux)), diff) if d]
+
+        _, vjp_p = jax.vjp(floats, params)
+        (g,) = vjp_p(ct)
+        return jax.tree.map(jnp.add, grads, g), None
+
+    grads, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (micro, keys, ct_micro))
+    return (loss, (new_tstate, tmetrics, out)), grads
 
 
 def _loss_terms(out: dict) -> dict:
