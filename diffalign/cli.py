@@ -62,6 +62,8 @@ def experiment_parser(name: str, argv: list[str]):
             if argv and argv[0] in ("-h", "--help"):
                 print(msg)
                 raise SystemExit(0)
+            if argv:
+                msg += f"\n\n{prog}: error: unknown command {argv[0]!r}; choose one of: {', '.join(commands)}"
             print(msg, file=sys.stderr)
             raise SystemExit(2)
         config_cls, run, summary = commands[argv[0]]
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         metrics = run(config, args.out, smoke=args.smoke)
-    except (CheckpointError, NonFiniteLossError, FileNotFoundError) as e:
+    except (CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError) as e:
         # failures a user can act on: say what happened, without a traceback
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -65,6 +65,11 @@ class Config:
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         require_positive(self, "steps", "batch_size", "sample_steps", "per_class", "eval_samples_per_class", "bpd_images")
+        for name in ("lr", "clip_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
     def smoke(self) -> "Config":
         return dataclasses.replace(

@@ -70,6 +70,10 @@ class Config:
     def __post_init__(self):
         validate_choices(self)
         require_positive(self, "steps", "batch_size", "teacher_steps", "teacher_sample_steps", "num_samples", "phases")
+        for name in ("lr", "fake_lr", "teacher_lr", "clip_norm"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ValueError(f"{name} must be positive, got {v}")
         if self.student_steps is not None and self.student_steps < 1:
             raise ValueError(f"student_steps must be >= 1, got {self.student_steps}")
         if self.method == "phased-dmd" and (self.num_student_steps % self.phases or self.steps % self.phases):

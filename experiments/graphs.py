@@ -338,7 +338,12 @@ def _trained_config(run: str) -> dict:
     results_path = os.path.join(run, "results.json")
     if os.path.exists(results_path):
         with open(results_path) as f:
-            return json.load(f)["config"]
+            results = json.load(f)
+        config = results.get("config") if isinstance(results, dict) else None
+        if not isinstance(config, dict) or "dataset" not in config:
+            what = results.get("experiment", "another command") if isinstance(results, dict) else "another command"
+            raise FileNotFoundError(f"{run} is not a `graphs train` run (its results.json is from {what!r})")
+        return config
     ckpt_dir = os.path.join(run, "checkpoints")
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"{run}: neither results.json nor checkpoints/ (not a `graphs train` run)")
@@ -402,6 +407,10 @@ def table_run(c: TableConfig, out: str, smoke: bool = False) -> dict:
                 runs.append(json.load(f))
         except OSError as e:
             raise FileNotFoundError(f"{path}: not a finished `graphs train` run ({e})") from e
+    for r, run in zip(runs, c.runs):
+        if not (r.get("config", {}).get("dataset") or r.get("dataset")) or "metrics" not in r:
+            raise FileNotFoundError(f"{run} is not a `graphs train` or `graphs sample` run "
+                                    f"(its results.json is from {r.get('experiment', 'another command')!r})")
     names = {r["config"].get("dataset") or r.get("dataset") for r in runs}
     if len(names) != 1:
         raise ValueError(f"the runs are of different data sets: {sorted(map(str, names))}")

@@ -75,6 +75,17 @@ class Config:
     def __post_init__(self):
         validate_choices(self)
         require_positive(self, "accumulate")
+        for name in ("lr", "ve_sigma_max"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"hidden widths must be positive integers, got {self.hidden}")
+        if self.sigma_min is not None and self.sigma_min < 0:
+            raise ValueError(f"sigma_min must be >= 0, got {self.sigma_min}")
+        if self.time_features < 0 or self.time_features % 2:
+            raise ValueError(f"time_features must be 0 or a positive even number, got {self.time_features}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.batch_size % self.accumulate:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by accumulate={self.accumulate}")
         source, target = parse_task(self.task)

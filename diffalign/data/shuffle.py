@@ -53,6 +53,10 @@ def feistel_permutation(key, positions, n: int, rounds: int = 4):
 
 def epoch_batch(key, step, num_examples: int, batch_size: int):
     """(indices, mask) of batch ``step``: shuffled epochs of ``min(batch_size, n)`` examples."""
+    if num_examples < 1:
+        raise ValueError(f"cannot draw batches from an empty data set (num_examples={num_examples})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = num_examples
     b = min(batch_size, n)
     per_epoch = -(-n // b)

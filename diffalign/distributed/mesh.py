@@ -75,9 +75,17 @@ def model_init(mesh: Mesh | None):
     initialised already sharded (flax needs the mesh in context for annotated variables)."""
     if mesh is None:
         yield
-    else:
-        with jax.set_mesh(mesh):
+        return
+    with jax.set_mesh(mesh):
+        try:
             yield
+        except ValueError as e:
+            if "evenly divide" not in str(e):
+                raise
+            raise ValueError(
+                f"a layer's annotated dimension does not split over the mesh {dict(mesh.shape)}: it must divide "
+                f"evenly (change the layer width or the mesh). JAX says: {str(e).splitlines()[0]}"
+            ) from None
 
 
 def param_specs(params):

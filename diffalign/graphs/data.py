@@ -84,16 +84,36 @@ class EdgeLists:
         return out
 
 
-def read_edge_lists(path: str) -> EdgeLists:
-    """Read the shared ``.npz`` edge-list format, validating it."""
+def _read_npz(path: str, required, optional=(), what: str = "the expected file") -> dict:
+    """The named arrays of an ``.npz`` file, read eagerly, with a clear error for a missing,
+    truncated or corrupt file or one without the required arrays."""
+    import zipfile
+    import zlib
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found")
     try:
         d = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read graphs from {path}: {e}") from e
-    missing = {"num_nodes", "edge_offsets", "edges"} - set(d.files)
-    if missing:
-        raise ValueError(f"{path} is not an edge-list file: missing arrays {sorted(missing)}")
-    n, off, edges = d["num_nodes"].astype(np.int64), d["edge_offsets"].astype(np.int64), d["edges"].astype(np.int64)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"cannot read {path}: not a readable .npz archive (truncated or corrupt?): {e}") from e
+    if not isinstance(d, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds a single array, not {what} (an .npz archive with {list(required)})")
+    with d:
+        missing = set(required) - set(d.files)
+        if missing:
+            raise ValueError(f"{path} is not {what}: missing arrays {sorted(missing)} (it has {d.files})")
+        try:
+            return {k: d[k] for k in (*required, *optional) if k in d.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise ValueError(f"cannot read {path}: an array in it is corrupt: {e}") from e
+
+
+def read_edge_lists(path: str) -> EdgeLists:
+    """Read the shared ``.npz`` edge-list format, validating it."""
+    arrays = _read_npz(path, ("num_nodes", "edge_offsets", "edges"), ("test_size",), "an edge-list file")
+    n, off, edges = (arrays[k].astype(np.int64) for k in ("num_nodes", "edge_offsets", "edges"))
+    if n.ndim != 1 or len(n) == 0:
+        raise ValueError(f"{path}: num_nodes must be a non-empty 1-D array (one count per graph), got shape {n.shape}")
     if off.shape != (len(n) + 1,) or off[0] != 0 or off[-1] != len(edges) or np.any(np.diff(off) < 0):
         raise ValueError(f"{path}: edge_offsets must run from 0 to the number of edges, non-decreasing")
     if edges.ndim != 2 or (len(edges) and edges.shape[1] != 2):
@@ -104,7 +124,7 @@ def read_edge_lists(path: str) -> EdgeLists:
         if len(e) and (e.min() < 0 or e.max() >= n[i]):
             raise ValueError(f"{path}: graph {i} has an edge to a node outside 0..{n[i] - 1}")
         per.append(e)
-    return EdgeLists(n, tuple(per), int(d["test_size"]) if "test_size" in d.files else 0)
+    return EdgeLists(n, tuple(per), int(arrays["test_size"]) if "test_size" in arrays else 0)
 
 
 def write_edge_lists(path: str, graphs: EdgeLists) -> str:

@@ -46,7 +46,9 @@ def read_smiles_csv(path: str, column: str) -> list[str]:
 
     with open(path, newline="") as f:
         reader = csv.reader(f)
-        header = next(reader)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{path} is empty: expected a CSV file with a header row holding {column!r}")
         if column not in header:
             raise ValueError(f"{path} has no column {column!r} (columns: {header})")
         i = header.index(column)
@@ -65,12 +67,24 @@ def load_split(dataset: str, data_dir: str | None = None) -> tuple[list[str], li
     if isinstance(idx, dict):
         idx = idx["valid_idxs"]
     test_idx = sorted({int(i) for i in idx})
+    if not smiles:
+        raise ValueError(f"the {dataset} SMILES file in {data_dir or 'the data directory'} has no rows")
+    outside = [i for i in (test_idx[:1] + test_idx[-1:]) if not 0 <= i < len(smiles)]
+    if outside:
+        raise ValueError(f"valid_idx_{dataset.lower()}.json names row {outside[0]}, outside the {len(smiles)} rows "
+                         f"of {dataset.lower()}.csv: the two files do not belong together")
     test_set = set(test_idx)
     return [s for i, s in enumerate(smiles) if i not in test_set], [smiles[i] for i in test_idx]
 
 
 def encode(smiles: list[str], dataset: str) -> tuple[np.ndarray, np.ndarray]:
     """(atom type index per node, -1 for padding: (M, N) int8; bond orders: (M, N, N) int8)."""
+    if dataset not in ATOMS:
+        raise ValueError(f"unknown molecule data set {dataset!r}; expected one of {tuple(ATOMS)}")
+    if isinstance(smiles, str):
+        raise TypeError(f"encode takes a list of SMILES strings, got the single string {smiles!r}")
+    if len(smiles) == 0:
+        raise ValueError("no SMILES to encode: the list is empty")
     chem = _chem()
     atoms, n = ATOMS[dataset], MAX_ATOMS[dataset]
     index = {a: i for i, a in enumerate(atoms)}
@@ -78,9 +92,13 @@ def encode(smiles: list[str], dataset: str) -> tuple[np.ndarray, np.ndarray]:
     bonds = np.zeros((len(smiles), n, n), np.int8)
     order = {chem.BondType.SINGLE: 1, chem.BondType.DOUBLE: 2, chem.BondType.TRIPLE: 3}
     for m, s in enumerate(smiles):
+        if not isinstance(s, str) or not s.strip():
+            raise ValueError(f"empty SMILES at row {m}: {s!r} (a molecule needs at least one atom)")
         mol = chem.MolFromSmiles(s)
         if mol is None:
             raise ValueError(f"invalid SMILES at row {m}: {s!r}")
+        if mol.GetNumAtoms() == 0:
+            raise ValueError(f"empty SMILES at row {m}: {s!r} (a molecule needs at least one atom)")
         chem.Kekulize(mol, clearAromaticFlags=True)
         if mol.GetNumAtoms() > n:
             raise ValueError(f"{s!r} has {mol.GetNumAtoms()} heavy atoms, more than {dataset}'s {n}")
@@ -229,13 +247,12 @@ def save_quantized(path: str, types: np.ndarray, bonds: np.ndarray, dataset: str
 
 
 def load_quantized(path: str, dataset: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as d:
-        missing = {"atom_types", "bond_orders"} - set(d.files)
-        if missing:
-            raise ValueError(f"{path}: not a quantized-molecule file (missing {sorted(missing)}; has {d.files})")
-        if "dataset" in d.files and str(d["dataset"]) != dataset:
-            raise ValueError(f"{path} holds {d['dataset']} molecules, not {dataset}")
-        return d["atom_types"], d["bond_orders"]
+    from .data import _read_npz
+
+    d = _read_npz(path, ("atom_types", "bond_orders"), ("dataset",), "a quantized-molecule file")
+    if "dataset" in d and str(d["dataset"]) != dataset:
+        raise ValueError(f"{path} holds {d['dataset']} molecules, not {dataset}")
+    return d["atom_types"], d["bond_orders"]
 
 
 def canonical(smiles) -> list:

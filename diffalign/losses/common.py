@@ -29,7 +29,11 @@ def batch_data(batch) -> tuple[jax.Array, jax.Array | None]:
             "a batch must be a dict with the data under 'x' (and optionally labels under 'y', "
             f"a source batch under 'x_source'); got {type(batch).__name__}"
         )
-    return batch["x"], batch.get("y")
+    x = batch["x"]
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise TypeError(f"batch['x'] must hold floating-point data, got dtype {jnp.result_type(x)}; "
+                        "convert it (e.g. x.astype(jnp.float32)) before training")
+    return x, batch.get("y")
 
 
 def uniform_times(key, n: int, t_min: float, t_max: float, dtype=jnp.float32, stratified=False):

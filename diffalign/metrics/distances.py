@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+def _check_sets(name: str, x, y) -> None:
+    """Two non-empty sets of points of one dimension (rows are points, each flattened)."""
+    sx, sy = np.shape(x), np.shape(y)
+    if len(sx) < 1 or len(sy) < 1 or sx[0] == 0 or sy[0] == 0 or math.prod(sx[1:]) != math.prod(sy[1:]):
+        raise ValueError(f"{name} needs two non-empty sets of points of one dimension (rows are points), "
+                         f"got arrays of shapes {sx} and {sy}")
 
 
 def wasserstein2(x, y, *, max_iter: int = 100_000_000) -> float:
@@ -15,6 +25,7 @@ def wasserstein2(x, y, *, max_iter: int = 100_000_000) -> float:
     ``linear_sum_assignment`` (uniform weights and equal sizes make the optimal plan a
     permutation, so both are exact; POT is several times faster at 10k points).
     """
+    _check_sets("wasserstein2", x, y)
     x = np.asarray(x, np.float64).reshape(len(x), -1)
     y = np.asarray(y, np.float64).reshape(len(y), -1)
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
@@ -58,6 +69,7 @@ def energy_distance(x, y, *, chunk: int = 512) -> float:
 
     Zero exactly when the two empirical measures coincide; computed in chunks on device.
     """
+    _check_sets("energy_distance", x, y)
     x = np.asarray(x).reshape(len(x), -1)
     y = np.asarray(y).reshape(len(y), -1)
     if not (np.isfinite(x).all() and np.isfinite(y).all()):

@@ -96,6 +96,12 @@ def bcast(c: jax.Array, x: jax.Array) -> jax.Array:
     c = jnp.asarray(c)
     if c.ndim == 0:
         return c
+    if c.ndim > x.ndim or any(a != b and 1 not in (a, b) for a, b in zip(c.shape, x.shape)):
+        # checked at trace time (static shapes), so a wrong time array fails here, by name
+        raise ValueError(
+            f"per-example times (or coefficients) of shape {tuple(c.shape)} do not fit a batch of shape "
+            f"{tuple(x.shape)}: pass a scalar or one time per example, shape ({x.shape[0] if x.ndim else ''},)"
+        )
     return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
 
 

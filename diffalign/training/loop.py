@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Callable, NamedTuple
 
@@ -221,7 +222,7 @@ def train(
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints)
         latest = ckpt.latest_step()
         if latest is not None:
-            restored, saved_config = ckpt.restore(state, latest)
+            saved_config = ckpt.read_config(latest)  # compared before restoring: a changed model names its keys
             if config is not None and saved_config is not None:
                 diff = config_differences(saved_config, config, resume_ignore, resume_defaults)
                 if diff:
@@ -229,7 +230,9 @@ def train(
                         f"the checkpoints in {ckpt.directory} were written with a different config "
                         f"({'; '.join(diff)}); use another run directory or the same config"
                     )
-            state, resumed_from = restored, latest
+            state, resumed_from = ckpt.restore(state, latest)[0], latest
+            if main:
+                print(f"{desc}: resuming from the checkpoint of step {latest} in {ckpt.directory}", file=sys.stderr)
         logger = MetricLogger(workdir, tensorboard=tensorboard, enabled=main)
 
     start = int(jax.device_get(state.step))

@@ -192,22 +192,21 @@ def make_multi_step(
     number, one per step or, with ``vectorize_batches``, all of the chunk at once under
     ``jax.vmap`` (faster for cheap batches, and it hands host callbacks such as the exact OT
     coupling the whole chunk at once). Otherwise ``batches`` holds ``num_steps`` stacked
-    batches. After a non-finite step the remaining steps are skipped, so the returned state
-    is the last good one and the stacked metrics say where it stopped.
+    batches. After a non-finite step the remaining steps' updates are discarded, so the
+    returned state is the last good one and the stacked metrics say where it stopped.
     """
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
-
-    def skip(state, batch):
-        metrics = jax.eval_shape(step_fn, state, batch)[1]
-        metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics)
-        return state, {**metrics, "nonfinite": jnp.asarray(True)}
 
     def body(carry, batch):
         state, halted = carry
         if batch is None:
             batch = batch_fn(state.step)
-        state, metrics = jax.lax.cond(halted, skip, step_fn, state, batch)
+        new, metrics = step_fn(state, batch)
+        # a select, not lax.cond: collectives inside a conditional inside loops can deadlock
+        # XLA's CPU runtime (seen with gradient accumulation on 8 simulated devices)
+        state = jax.tree.map(lambda a, b: jnp.where(halted, a, b), state, new)
+        metrics = {**metrics, "nonfinite": metrics["nonfinite"] | halted}
         return (state, halted | metrics["nonfinite"]), metrics
 
     def run(state, batches=None):

@@ -1,0 +1,149 @@
+"""Multi-process training through ``diffalign launch`` and runs that survive SIGKILL (slow tier).
+
+Each test starts real processes running ``tests/train_target.py``; JAX's CPU collectives
+(gloo) connect them over 127.0.0.1.
+"""
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.path.join(ROOT, "tests", "train_target.py")
+
+
+def _env():
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
+def _run(cmd, timeout=300, **kw):
+    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def _launch(n, out, *extra):
+    return [sys.executable, "-m", "diffalign.cli", "launch", "--processes", str(n), "--log-dir", os.path.join(out, "logs"),
+            "--", sys.executable, TARGET, "--out", out, *extra]
+
+
+def _params(out):
+    with np.load(os.path.join(out, "params.npz")) as f:
+        return {k: f[k] for k in f}
+
+
+def _max_rel_diff(a, b):
+    """max over leaves of max|a - b| / max|b|."""
+    assert a.keys() == b.keys()
+    return max(float(np.max(np.abs(a[k] - b[k])) / np.max(np.abs(b[k]))) for k in a)
+
+
+@pytest.mark.parametrize("host_batches", [False, True], ids=["device-batches", "host-batches"])
+def test_two_and_four_processes_match_one(tmp_path, host_batches):
+    extra = ["--host-batches"] if host_batches else []
+    single = str(tmp_path / "single")
+    os.makedirs(single)
+    r = _run([sys.executable, TARGET, "--out", single, *extra])
+    assert r.returncode == 0, r.stderr[-3000:]
+    for n in (2, 4):
+        out = str(tmp_path / f"p{n}")
+        os.makedirs(out)
+        r = _run(_launch(n, out, *extra))
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"processes={n} devices={n}" in r.stdout
+        diff = _max_rel_diff(_params(out), _params(single))
+        print(f"{n} processes ({'host' if host_batches else 'device'} batches): max relative difference {diff:.2e}")
+        assert diff <= 1e-6
+
+
+def test_a_killed_process_stops_the_others(tmp_path):
+    out = str(tmp_path)
+    proc = subprocess.Popen(_launch(2, out, "--steps", "100000", "--sleep", "0.01"), cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(os.path.join(out, "pid-1")) or not os.path.exists(os.path.join(out, "metrics.jsonl")):
+            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        victim = int(open(os.path.join(out, "pid-1")).read())
+        survivor = int(open(os.path.join(out, "pid-0")).read())
+        os.kill(victim, signal.SIGKILL)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print(f"the launcher and the surviving process exited {took:.1f} s after the kill")
+    assert proc.returncode != 0
+    assert "process 1 of 2 was killed by signal SIGKILL; stopping the others" in err
+    with pytest.raises(ProcessLookupError):
+        os.kill(survivor, 0)
+
+
+def _complete_steps(ckpt_dir):
+    return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) if os.path.isdir(ckpt_dir) else []
+
+
+def _resumed_step(stderr):
+    m = re.search(r"resuming from the checkpoint of step (\d+)", stderr)
+    return int(m.group(1)) if m else None
+
+
+def test_sigkill_ten_times_resumes_and_finishes_identically(tmp_path):
+    steps = 2000
+    reference = str(tmp_path / "reference")
+    os.makedirs(reference)
+    r = _run([sys.executable, TARGET, "--out", reference, "--steps", str(steps)])
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    out = str(tmp_path / "killed")
+    os.makedirs(out)
+    ckpts = os.path.join(out, "checkpoints")
+    cmd = [sys.executable, TARGET, "--out", out, "--steps", str(steps), "--sleep", "0.2"]
+    rng = random.Random(0)
+    last_complete = None  # the newest complete checkpoint after the previous kill
+    checked = 0
+    history = []
+    for kill in range(10):
+        env = _env()
+        in_save = kill == 4  # once at a fixed point inside a save: temporary directory written, not committed
+        if in_save:
+            target_step = (last_complete or 0) + 20
+            env["DIFFALIGN_TEST_KILL_IN_SAVE"] = str(target_step)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if in_save:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == -signal.SIGKILL, "the in-save hook did not fire:\n" + err[-2000:]
+            assert any(n.startswith(f"{target_step}.") for n in os.listdir(ckpts)), "no interrupted save on disk"
+            assert target_step not in _complete_steps(ckpts)
+        else:
+            time.sleep(rng.uniform(1.5, 6.0))
+            assert proc.poll() is None, f"the run finished before kill {kill + 1}; make it longer"
+            proc.send_signal(signal.SIGKILL)
+            _, err = proc.communicate(timeout=60)
+        resumed = _resumed_step(err)
+        if resumed is not None or last_complete is None:
+            # it resumed from the newest complete checkpoint the previous kill left (if it got that far)
+            assert resumed == last_complete or resumed is None, (resumed, last_complete)
+            checked += resumed is not None
+        complete = _complete_steps(ckpts)
+        last_complete = complete[-1] if complete else None
+        history.append((kill + 1, "in save" if in_save else "random", resumed, last_complete))
+    r = _run(cmd[:-2])  # the rest without the per-chunk sleep (not part of the run's config)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _resumed_step(r.stderr) == last_complete
+    print("kill, where, resumed from, newest complete checkpoint after the kill:", history)
+    assert checked >= 5, "too few runs got as far as resuming before their kill"
+    a, b = _params(out), _params(reference)
+    assert all(np.array_equal(a[k], b[k]) for k in a), "the resumed run differs from the uninterrupted one"
