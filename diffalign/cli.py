@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand -> (module under experiments/, one-line summary); a module is imported only when
@@ -26,6 +27,8 @@ EXPERIMENTS = {
 }
 
 
+# experiments whose evaluation and file writing are multi-process aware (see `diffalign launch`)
+MULTI_PROCESS = ("toy2d",)
 LAUNCH_SUMMARY = "run a diffalign command as N cooperating local processes (jax.distributed on 127.0.0.1)"
 
 
@@ -94,7 +97,8 @@ def launch_main(argv: list[str]) -> int:
     parser.add_argument("--processes", type=int, required=True, help="number of processes")
     parser.add_argument("--local-devices", type=int, default=None, help="simulated CPU devices per process")
     parser.add_argument("--port", type=int, default=None, help="coordinator port on 127.0.0.1 (default: a free one)")
-    parser.add_argument("--log-dir", default=None, help="where processes 1..N-1 write their output (default: discarded)")
+    parser.add_argument("--gpus-per-process", type=int, default=None, help="give process i the i-th block of this many GPUs")
+    parser.add_argument("--log-dir", default=None, help="where processes 1..N-1 write their output (default: a temporary directory)")
     args = parser.parse_args(own)
     if not command:
         parser.error("give the command to run after '--'")
@@ -102,7 +106,8 @@ def launch_main(argv: list[str]) -> int:
         parser.error(f"--processes must be at least 1, got {args.processes}")
     if args.local_devices is not None and args.local_devices < 1:
         parser.error(f"--local-devices must be at least 1, got {args.local_devices}")
-    return launch(command, args.processes, port=args.port, local_devices=args.local_devices, log_dir=args.log_dir)
+    return launch(command, args.processes, port=args.port, local_devices=args.local_devices,
+                  gpus_per_process=args.gpus_per_process, log_dir=args.log_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
             top.error(f"unknown subcommand {argv[0]!r}; choose one of: {', '.join(EXPERIMENTS)}")
         top.print_help()
         return 0 if argv else 2
+    import jax
+
+    if jax.process_count() > 1 and argv[0] not in MULTI_PROCESS:
+        print(f"error: `diffalign {argv[0]}` runs in one process; multi-process runs support: "
+              f"{', '.join(MULTI_PROCESS)}", file=sys.stderr)
+        return 2
     parser, config_cls, run, rest = experiment_parser(argv[0], argv[1:])
     args = parser.parse_args(rest)
     try:
@@ -133,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics = run(config, args.out, smoke=args.smoke)
     except (CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError) as e:
         # failures a user can act on: say what happened, without a traceback
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("DIFFALIGN_DEBUG"):
+            raise
+        print(f"error: {e}\n(set DIFFALIGN_DEBUG=1 to see the traceback)", file=sys.stderr)
         return 1
     from diffalign.distributed import is_main_process
 

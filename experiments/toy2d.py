@@ -184,10 +184,14 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     source, target = parse_task(cfg.task)
     process, parametrization = _velocity_model(cfg)
     mesh = parse_mesh(cfg.mesh)
-    if cfg.shard_model and mesh is None:
-        raise ValueError("shard_model needs a mesh with a 'model' axis, e.g. --mesh 4x2")
-    if mesh is not None and cfg.method == "otcfm" and jax.process_count() > 1:
-        raise ValueError("otcfm couples each batch on the host; in a multi-process run use icfm, rf or dsm")
+    if cfg.shard_model and (mesh is None or mesh.shape["model"] == 1):
+        raise ValueError("shard_model needs a mesh with a 'model' axis larger than 1, e.g. --mesh 4x2")
+    if mesh is not None and mesh.shape["model"] > 1 and not cfg.shard_model:
+        raise ValueError(f"mesh {cfg.mesh} has a 'model' axis but no layer is split over it (every 'model' device "
+                         "would repeat the same work): add --shard-model or put all devices on 'data'")
+    if jax.process_count() > 1 and cfg.method == "otcfm" and cfg.ot_solver == "exact":
+        raise ValueError("otcfm's exact plan is solved on the host per batch; in a multi-process run use "
+                         "--ot-solver sinkhorn (on device), or icfm, rf or dsm")
     with model_init(mesh if cfg.shard_model else None):
         model = MLP(2, cfg.hidden, activation=cfg.activation, time_features=cfg.time_features,
                     dtype=jnp.dtype(cfg.compute_dtype), remat=cfg.remat, shard_model=cfg.shard_model,
@@ -234,8 +238,10 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
             rounds.append(result.summary)
             state = result.state
 
-    # evaluation runs on each process's own copy of the parameters; process 0 writes the files
+    # the last collective: from here process 0 evaluates and writes on its own copy
     params = to_host(state.eval_params())
+    if not is_main_process():
+        return {}
     pred = make_pred(params)
     key = jax.random.key(cfg.seed + 31337)
     x_T = _source_points(source, process, cfg.num_samples, jax.random.fold_in(key, 0))
@@ -265,8 +271,6 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     metrics["num_samples"] = cfg.num_samples
 
     picture = None
-    if not is_main_process():
-        return metrics
     np.savez(os.path.join(out, "samples.npz"), samples=samples, source=np.asarray(x_T), reference=reference)
     try:
         from diffalign.viz import plot_2d

@@ -191,7 +191,8 @@ def train(
       mesh: a ("data", "model") device mesh: the batch is split over "data", parameters follow
         their layers' annotations (replicated by default). In a multi-process run (after
         ``jax.distributed.initialize``) it defaults to all devices on "data"; every process
-        then calls ``train`` with the same arguments, feeds its own rows of each batch, and
+        then calls ``train`` with the same arguments (``batch_fn`` gives the whole global batch,
+        the same on every process; each process places only the rows of its own devices), and
         only process 0 logs and shows progress.
       on_log: called as ``on_log(step, metrics)`` after each log row.
       time_limit_s: stop at the first log boundary after this many seconds of training
@@ -290,6 +291,11 @@ def train(
                 if on_log is not None:
                     on_log(step, row)
             out_of_time = time_limit_s is not None and t_run >= time_limit_s and step % log_every == 0
+            if time_limit_s is not None and jax.process_count() > 1:
+                # every process must stop at the same step: process 0's clock decides
+                from jax.experimental import multihost_utils
+
+                out_of_time = bool(multihost_utils.broadcast_one_to_all(np.asarray(out_of_time)))
             if ckpt is not None and ((checkpoint_every and step % checkpoint_every == 0) or step == num_steps
                                      or out_of_time):
                 ckpt.save(step, state, config)

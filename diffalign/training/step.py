@@ -52,7 +52,10 @@ def make_train_step(
     group advantages...): a first pass computes them without gradients, the transform's
     cotangent is taken on the whole batch, and a second pass back-propagates it microbatch by
     microbatch (about one extra forward pass). Microbatch j draws its noise from
-    ``fold_in(key, j)``: the same distribution as without accumulation, other draws.
+    ``fold_in(key, j)``: the same distribution as without accumulation, other draws. This
+    assumes what the library's losses do: ``loss_fn`` treats rows independently (no batch
+    statistics inside it; the transform may use any), returns per-example arrays and scalars
+    that are batch means, and every batch leaf has the batch as its leading axis.
     """
     transform = transform or mean()
     if not 0.0 <= ema_decay < 1.0:
@@ -102,6 +105,13 @@ def make_train_step(
 
 def _microbatches(batch, k: int):
     """Leaves (B, ...) -> (k, B/k, ...), microbatch j holding rows j, j + k, ..."""
+
+    sizes = {x.shape[0] if x.ndim else None for x in jax.tree.leaves(batch)}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"gradient accumulation splits every batch leaf by rows, but the leaves have different leading "
+            f"sizes {sorted(map(str, sizes))}; pass shared arrays through the loss function's closure instead"
+        )
 
     def split(x):
         if x.ndim == 0 or x.shape[0] % k:
