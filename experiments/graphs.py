@@ -66,10 +66,12 @@ class TrainConfig:
                               "`graphs evaluate` scores them later)")
     log_every_epochs: int = field(50, "log interval in epochs")
     checkpoint_every_epochs: int = field(500, "checkpoint interval in epochs")
+    remat: bool = field(False, "rematerialise every layer of both score networks in the backward pass (less memory)")
+    accumulate: int = field(1, "gradient accumulation: microbatches per step (must divide the batch)")
 
     def __post_init__(self):
         validate_choices(self)
-        require_positive(self, "num_scales", "log_every_epochs", "checkpoint_every_epochs")
+        require_positive(self, "num_scales", "log_every_epochs", "checkpoint_every_epochs", "accumulate")
         if self.epochs < 0 or self.num_samples < 0 or self.train_minutes < 0:
             raise ValueError("epochs, train_minutes and num_samples must be >= 0")
 
@@ -299,15 +301,20 @@ def train_run(c: TrainConfig, out: str, smoke: bool = False) -> dict:
     with timer("load_data"):
         data = _dataset(c.dataset, cfg, c.data_dir)
     seed = cfg.train_seed if c.seed < 0 else c.seed
-    model = build_model(cfg, seed)
-    opt, step = make_step(model, data.flags)
-    spe = steps_per_epoch(data.num_train, min(cfg.batch_size, data.num_train))
+    model = build_model(cfg, seed, remat=c.remat)
+    batch = min(cfg.batch_size, data.num_train)
+    if batch % c.accumulate:
+        raise ValueError(f"the batch of {batch} graphs is not divisible by accumulate={c.accumulate}")
+    opt, step = make_step(model, data.flags, accumulate=c.accumulate)
+    spe = steps_per_epoch(data.num_train, batch)
     epochs = c.epochs or cfg.epochs
     state = init_train_state(model.params, opt, jax.random.key(seed))
     with timer("train"):
         result = train(
             state, step, data.batch_fn(seed + 1), num_steps=epochs * spe, workdir=out,
-            config={"dataset": c.dataset, "seed": seed, "gdss": dataclasses.asdict(cfg), "data": c.data_dir},
+            config={"dataset": c.dataset, "seed": seed, "gdss": dataclasses.asdict(cfg), "data": c.data_dir,
+                    "accumulate": c.accumulate},
+            resume_defaults={"accumulate": 1},
             steps_per_call=spe * min(c.log_every_epochs, max(1, 2000 // spe)), log_every=spe * c.log_every_epochs,
             checkpoint_every=spe * c.checkpoint_every_epochs,
             time_limit_s=60 * c.train_minutes if c.train_minutes else None,

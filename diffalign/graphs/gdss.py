@@ -81,11 +81,13 @@ def make_molecule_batch_fn(types: np.ndarray, bonds: np.ndarray, num_types: int,
     return batch_fn
 
 
-def make_step(model: GDSSModel, train_flags, *, num_buckets: int = 4):
+def make_step(model: GDSSModel, train_flags, *, num_buckets: int = 4, accumulate: int = 1):
     """GDSS's optimisation on these training graphs' node flags (G, N): per network, clip to norm
     1, L2 1e-4 (PyTorch Adam), Adam, lr decayed by 0.999 per epoch; EMA 0.999 with warm-up
     min(0.999, (1+n)/(10+n)). The loss evaluates the networks in ``num_buckets`` size buckets
-    (``system.size_buckets``: the same loss, less work on padding); 1 turns that off."""
+    (``system.size_buckets``: the same loss, less work on padding); 1 turns that off.
+    ``accumulate=k``: gradient accumulation over k microbatches (the padded loss: size buckets
+    are laid out for whole batches)."""
     cfg = model.config
     num_graphs = len(train_flags)
     spe = steps_per_epoch(num_graphs, min(cfg.batch_size, num_graphs))
@@ -97,10 +99,10 @@ def make_step(model: GDSSModel, train_flags, *, num_buckets: int = 4):
 
     def train_step(layout):
         loss = gdss_loss(model.gsde, model.apply_x, model.apply_a, layout)
-        return make_train_step(loss, opt, ema_decay=cfg.ema, ema_warmup=True)
+        return make_train_step(loss, opt, ema_decay=cfg.ema, ema_warmup=True, accumulate=accumulate)
 
     padded = train_step(None)
-    layout = size_buckets(train_flags, cfg.batch_size, num_buckets) if num_buckets > 1 else None
+    layout = size_buckets(train_flags, cfg.batch_size, num_buckets) if num_buckets > 1 and accumulate == 1 else None
     if layout is None or all(cap >= cfg.max_nodes for _, cap in layout):
         return opt, padded
     by_buckets = train_step(layout)
