@@ -22,6 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]
 
+import conftest  # noqa: E402,F401  (8 simulated devices, as in the tests)
 import test_bad_inputs as T  # noqa: E402
 
 OUT = os.path.join(ROOT, "docs", "bad-inputs.md")

@@ -65,16 +65,20 @@ def test_two_and_four_processes_match_one(tmp_path, host_batches):
         assert diff <= 1e-6
 
 
+def _wait_until_training(out, procs, rows=2):
+    """Until both processes wrote their pid and process 0 logged ``rows`` rows."""
+    deadline = time.monotonic() + 120
+    while _log_rows(out) < rows or not all(os.path.exists(os.path.join(out, f"pid-{i}")) for i in range(2)):
+        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+
+
 def test_a_killed_process_stops_the_others(tmp_path):
     out = str(tmp_path)
     proc = subprocess.Popen(_launch(2, out, "--steps", "100000", "--sleep", "0.01"), cwd=ROOT, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(os.path.join(out, "pid-1")) or not os.path.exists(os.path.join(out, "metrics.jsonl")):
-            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
-            time.sleep(0.2)
-        time.sleep(1.0)
+        _wait_until_training(out, [proc])
         victim = int(open(os.path.join(out, "pid-1")).read())
         survivor = int(open(os.path.join(out, "pid-0")).read())
         os.kill(victim, signal.SIGKILL)
@@ -103,10 +107,7 @@ def test_without_the_launcher_a_survivor_is_stopped_by_the_heartbeat(tmp_path):
         procs.append(subprocess.Popen([sys.executable, TARGET, "--out", out, "--steps", "100000", "--sleep", "0.01"],
                                       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     try:
-        deadline = time.monotonic() + 120
-        while _log_rows(out) < 2:
-            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, "training did not start"
-            time.sleep(0.2)
+        _wait_until_training(out, procs)
         procs[1].kill()
         t0 = time.monotonic()
         _, err = procs[0].communicate(timeout=60)
@@ -125,10 +126,7 @@ def test_sigterm_to_the_launcher_stops_every_process(tmp_path):
     proc = subprocess.Popen(_launch(2, out, "--steps", "100000", "--sleep", "0.01"), cwd=ROOT, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while _log_rows(out) < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
-            time.sleep(0.2)
+        _wait_until_training(out, [proc])
         pids = [int(open(os.path.join(out, f"pid-{i}")).read()) for i in range(2)]
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
