@@ -151,6 +151,9 @@ def main():
     print("== 2 processes, 1 device each", flush=True)
     rows.append(_run_worker([sys.executable, "-m", "diffalign.cli", "launch", "--processes", "2", "--",
                              *me, "--worker", "throughput"]))
+    print("== 2 processes, 4 devices each", flush=True)
+    rows.append(_run_worker([sys.executable, "-m", "diffalign.cli", "launch", "--processes", "2", "--local-devices", "4",
+                             "--", *me, "--worker", "throughput"]))
     print("== memory", flush=True)
     mem = _run_worker([*me, "--worker", "memory"])
     import jax

@@ -31,9 +31,9 @@ def _run(cmd, timeout=300, **kw):
     return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout, **kw)
 
 
-def _launch(n, out, *extra):
-    return [sys.executable, "-m", "diffalign.cli", "launch", "--processes", str(n), "--log-dir", os.path.join(out, "logs"),
-            "--", sys.executable, TARGET, "--out", out, *extra]
+def _launch(n, out, *extra, local_devices=1):
+    return [sys.executable, "-m", "diffalign.cli", "launch", "--processes", str(n), "--local-devices", str(local_devices),
+            "--log-dir", os.path.join(out, "logs"), "--", sys.executable, TARGET, "--out", out, *extra]
 
 
 def _params(out):
@@ -54,14 +54,15 @@ def test_two_and_four_processes_match_one(tmp_path, host_batches):
     os.makedirs(single)
     r = _run([sys.executable, TARGET, "--out", single, *extra])
     assert r.returncode == 0, r.stderr[-3000:]
-    for n in (2, 4):
-        out = str(tmp_path / f"p{n}")
+    for n, local in ((2, 1), (4, 1), (2, 2)):
+        out = str(tmp_path / f"p{n}x{local}")
         os.makedirs(out)
-        r = _run(_launch(n, out, *extra))
+        r = _run(_launch(n, out, *extra, local_devices=local))
         assert r.returncode == 0, r.stderr[-3000:]
-        assert f"processes={n} devices={n}" in r.stdout
+        assert f"processes={n} devices={n * local}" in r.stdout
         diff = _max_rel_diff(_params(out), _params(single))
-        print(f"{n} processes ({'host' if host_batches else 'device'} batches): max relative difference {diff:.2e}")
+        print(f"{n} processes x {local} devices ({'host' if host_batches else 'device'} batches): "
+              f"max relative difference {diff:.2e}")
         assert diff <= 1e-6
 
 
