@@ -150,7 +150,7 @@ KILL_IN_SAVE_ENV = "DIFFALIGN_TEST_KILL_IN_SAVE"
 
 def _kill_in_save_hook(step: int) -> None:
     """Test hook: with DIFFALIGN_TEST_KILL_IN_SAVE=<step>, the process SIGKILLs itself while
-    that step's save is in flight (its temporary directory written, not yet committed), so
+    that step's save is in flight (its temporary directory created, the write not committed), so
     tests can check that an interrupted save never costs the last complete checkpoint."""
     target = os.environ.get(KILL_IN_SAVE_ENV)
     if target is not None and int(target) == step:

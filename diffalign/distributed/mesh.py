@@ -119,11 +119,9 @@ def state_shardings(state, mesh: Mesh):
     if params is None:
         return jax.tree.map(lambda _: replicated(mesh), state)
     specs = param_specs(params)
-    for path, (x, s) in zip(
-        (jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]),
-        zip(jax.tree.leaves(params), jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))),
-    ):
-        _check_spec(s, x.shape, mesh, f"parameter {path}")
+    spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
+    for (path, x), s in zip(jax.tree_util.tree_flatten_with_path(params)[0], spec_leaves):
+        _check_spec(s, x.shape, mesh, f"parameter {jax.tree_util.keystr(path)}")
     ptree = jax.tree.structure(params)
     param_sh = jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
