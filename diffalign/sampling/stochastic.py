@@ -47,10 +47,12 @@ def langevin_corrector(score_fn, sde: SDE, x, t, dt, key, *, snr: float, n_steps
     return x, x_mean
 
 
-def euler_maruyama(key, score_fn: Callable, sde: SDE, x_T, steps: int, *, grid: str = "uniform"):
-    """Sample the reverse SDE from x_T at t_max down to t_min with ``steps`` EM steps (NFE = steps)."""
+def euler_maruyama(key, score_fn: Callable, sde: SDE, x_T, steps: int, *, grid: str = "uniform",
+                   t_start: float | None = None):
+    """Sample the reverse SDE from x_T at t_start (default t_max) down to t_min with ``steps``
+    EM steps (NFE = steps)."""
     rsde = sde.reverse(score_fn)
-    ts = time_grid(sde, steps, grid)
+    ts = time_grid(sde, steps, grid, t_start=t_start)
 
     def body(carry, inp):
         x, _ = carry

@@ -1,0 +1,48 @@
+"""Heating-annealing (forward-backward) sampling, Str2Str's zero-shot conformation sampler
+(Lu et al., ICLR 2024), for any SDE of the library.
+
+From one input x0: heat, x_T ~ q(x_T | x0) with the SDE's exact forward marginal at
+T = ``t_delta``; anneal, integrate the reverse SDE (or the probability-flow ODE) from t_delta
+down to t_min. Small t_delta stays near the input's basin; t_delta = t_max forgets it. This
+is the textbook reverse process (Str2Str's released sampler differs: its Euler steps use
+dt = 1/n on a grid of spacing about 1/1000, and its ODE halves the whole drift; see
+shared/reference/other-seed-methods.md).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from ..sde.base import SDE
+from .grids import time_grid
+from .stochastic import euler_maruyama
+
+METHODS = ("sde", "ode")
+
+
+def heat_anneal(key, score_fn: Callable, sde: SDE, x0, t_delta: float, steps: int, *, method: str = "sde",
+                replicas: int | None = None):
+    """Replicas of x0 (one per row, or ``replicas`` copies of a single x0) heated to ``t_delta``
+    and annealed back with ``steps`` Euler(-Maruyama) steps; returns the annealed samples."""
+    if method not in METHODS:
+        raise ValueError(f"unknown annealing method {method!r}; expected one of {METHODS}")
+    if not sde.t_min < t_delta <= sde.t_max:
+        raise ValueError(f"t_delta must be in ({sde.t_min}, {sde.t_max}], got {t_delta}")
+    if replicas is not None:
+        x0 = jnp.broadcast_to(x0, (replicas, *jnp.shape(x0)))
+    k_heat, k_anneal = jax.random.split(key)
+    x_t, _ = sde.marginal_sample(k_heat, x0, jnp.full((x0.shape[0],), t_delta, x0.dtype))
+    if method == "sde":
+        return euler_maruyama(k_anneal, score_fn, sde, x_t, steps, t_start=t_delta)
+    rode = sde.reverse(score_fn, probability_flow=True)
+    ts = time_grid(sde, steps, t_start=t_delta)
+
+    def body(x, tt):
+        t, t_next = tt
+        return x - rode.drift(x, jnp.full((x.shape[0],), t, x.dtype)) * (t - t_next), None
+
+    x, _ = jax.lax.scan(body, x_t, (ts[:-1], ts[1:]))
+    return x

@@ -1,0 +1,67 @@
+"""Heating-annealing (Str2Str's sampler) on the three-well landscape with its exact score."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffalign.sampling.heat_anneal import heat_anneal
+from diffalign.sde import get_sde
+
+# 0.5 N((-1.5, 0), 0.35^2 I) + 0.3 N((1.5, 0), .) + 0.2 N((0, 2), .); VP SDE, beta 0.1 -> 20
+W = np.array([0.5, 0.3, 0.2])
+MU = np.array([[-1.5, 0.0], [1.5, 0.0], [0.0, 2.0]])
+S = 0.35
+SDE = get_sde("vp")
+N = 20_000
+
+
+def score(x, t):
+    """The exact score of p_t: a mixture with means alpha mu_k and variances alpha^2 s^2 + 1 - alpha^2."""
+    a, std = SDE.marginal(jnp.ones_like(t), t)
+    var = (a**2 * S**2 + std**2)[:, None]
+    d = x[:, None, :] - a[:, None, None] * jnp.asarray(MU, x.dtype)[None]
+    r = jax.nn.softmax(jnp.log(jnp.asarray(W, x.dtype))[None] - 0.5 * jnp.sum(d**2, -1) / var, -1)
+    return jnp.sum(r[..., None] * -d / var[..., None], 1)
+
+
+def exact_basin_probabilities(t_delta, n=1_000_000):
+    """E over x_t ~ q(. | mu_A) of the posterior well responsibilities (Monte Carlo, float64)."""
+    a, std = (float(v[0]) for v in SDE.marginal(jnp.ones(1), jnp.full((1,), t_delta)))
+    x = a * MU[0] + std * np.random.default_rng(0).standard_normal((n, 2))
+    logp = np.log(W) - 0.5 * ((x[:, None] - a * MU[None]) ** 2).sum(-1) / (a**2 * S**2 + std**2)
+    r = np.exp(logp - logp.max(1, keepdims=True))
+    return (r / r.sum(1, keepdims=True)).mean(0)
+
+
+def basin_fractions(x):
+    return np.bincount(np.argmin(((np.asarray(x)[:, None] - MU[None]) ** 2).sum(-1), -1), minlength=3) / len(x)
+
+
+def anneal(t_delta, method):
+    run = jax.jit(lambda k: heat_anneal(k, score, SDE, jnp.asarray(MU[0], jnp.float32), t_delta, 400,
+                                        method=method, replicas=N))
+    return basin_fractions(run(jax.random.key(1)))
+
+
+def test_the_exact_reference_is_the_published_one():
+    np.testing.assert_allclose(exact_basin_probabilities(0.3), [0.783, 0.106, 0.111], atol=2e-3)
+    np.testing.assert_allclose(exact_basin_probabilities(0.5), [0.561, 0.255, 0.184], atol=2e-3)
+
+
+@pytest.mark.parametrize("t_delta", [0.2, 0.3, 0.5, 0.7])
+def test_sde_annealing_lands_in_each_well_with_the_exact_probabilities(t_delta):
+    exact = exact_basin_probabilities(t_delta)
+    got = anneal(t_delta, "sde")
+    se = np.sqrt(exact * (1 - exact) / N)
+    assert np.all(np.abs(got - exact) <= 3 * se + 1e-3), (got, exact, se)
+    # the probability-flow ODE is more local: it keeps more replicas in the starting well
+    assert anneal(t_delta, "ode")[0] > got[0] + 3 * se[0]
+
+
+def test_bad_arguments_are_refused():
+    x0 = jnp.zeros(2)
+    with pytest.raises(ValueError, match="t_delta must be in"):
+        heat_anneal(jax.random.key(0), score, SDE, x0, 1.5, 10, replicas=4)
+    with pytest.raises(ValueError, match="unknown annealing method"):
+        heat_anneal(jax.random.key(0), score, SDE, x0, 0.5, 10, method="langevin", replicas=4)
