@@ -74,12 +74,22 @@ def _wait_until_training(out, procs, rows=2):
         time.sleep(0.2)
 
 
-def test_a_killed_process_stops_the_others(tmp_path):
-    out = str(tmp_path)
+def _launch_training(out):
+    """Two launched processes on a long run, returned once both are training."""
     proc = subprocess.Popen(_launch(2, out, "--steps", "100000", "--sleep", "0.01"), cwd=ROOT, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_until_training(out, [proc])
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
+def test_a_killed_process_stops_the_others(tmp_path):
+    out = str(tmp_path)
+    proc = _launch_training(out)
+    try:
         victim = int(open(os.path.join(out, "pid-1")).read())
         survivor = int(open(os.path.join(out, "pid-0")).read())
         os.kill(victim, signal.SIGKILL)
@@ -124,10 +134,8 @@ def test_without_the_launcher_a_survivor_is_stopped_by_the_heartbeat(tmp_path):
 
 def test_sigterm_to_the_launcher_stops_every_process(tmp_path):
     out = str(tmp_path)
-    proc = subprocess.Popen(_launch(2, out, "--steps", "100000", "--sleep", "0.01"), cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _launch_training(out)
     try:
-        _wait_until_training(out, [proc])
         pids = [int(open(os.path.join(out, f"pid-{i}")).read()) for i in range(2)]
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)

@@ -16,7 +16,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from ..paths.conversions import Predictor
 from ..sde.base import SDE
+from . import deterministic
 from .grids import time_grid
 from .stochastic import euler_maruyama
 
@@ -37,12 +39,5 @@ def heat_anneal(key, score_fn: Callable, sde: SDE, x0, t_delta: float, steps: in
     x_t, _ = sde.marginal_sample(k_heat, x0, jnp.full((x0.shape[0],), t_delta, x0.dtype))
     if method == "sde":
         return euler_maruyama(k_anneal, score_fn, sde, x_t, steps, t_start=t_delta)
-    rode = sde.reverse(score_fn, probability_flow=True)
-    ts = time_grid(sde, steps, t_start=t_delta)
-
-    def body(x, tt):
-        t, t_next = tt
-        return x - rode.drift(x, jnp.full((x.shape[0],), t, x.dtype)) * (t - t_next), None
-
-    x, _ = jax.lax.scan(body, x_t, (ts[:-1], ts[1:]))
-    return x
+    # the probability-flow ODE is the path's velocity: the library's Euler on a grid from t_delta
+    return deterministic.euler(Predictor(score_fn, sde, "score"), x_t, steps, ts=time_grid(sde, steps, t_start=t_delta))
