@@ -24,6 +24,10 @@ EXPERIMENTS = {
     "distill-sweep": ("experiments.distill_sweep", "every distillation method on the 2-D toys, over seeds"),
     "distill-graphs": ("experiments.distill_graphs", "DMD2 on GDSS: a trained graph model becomes a few-step graph generator"),
     "graphs": ("experiments.graphs", "GDSS graph generation: `graphs train|sample|evaluate`"),
+    "str2str": ("experiments.str2str", "Str2Str heating-annealing: zero-shot conformation sampling with a learned score"),
+    "smore": ("experiments.smore", "SMORe offline goal-conditioned RL on a four-rooms grid world, against GCBC"),
+    "symmflow": ("experiments.symmflow", "Symmetrical Flow Matching: generation and one-step classification in one flow"),
+    "score-theory": ("experiments.score_theory", "early stopping in score matching: kernel and network regression views"),
 }
 
 
@@ -153,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     if not is_main_process():
         return 0
     print(f"results: {args.out}/results.json")
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    # the scalar headline numbers; nested tables are in results.json
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+                   if not isinstance(v, (dict, list))))
     return 0
 
 

@@ -65,3 +65,21 @@ def test_bad_arguments_are_refused():
         heat_anneal(jax.random.key(0), score, SDE, x0, 1.5, 10, replicas=4)
     with pytest.raises(ValueError, match="unknown annealing method"):
         heat_anneal(jax.random.key(0), score, SDE, x0, 0.5, 10, method="langevin", replicas=4)
+
+
+def test_denoise_returns_the_posterior_mean_at_t_min():
+    """Data N(m, s^2): at t_min, E[x0 | x_t] = m + alpha s^2 (x_t - alpha m) / v, v = alpha^2 s^2 + sigma^2,
+    so the denoised replicas have mean m and variance alpha^2 s^4 / v (smaller than s^2)."""
+    m, s, n = 0.7, 0.05, 20_000
+    sde = get_sde("vp", t_min=0.01)
+
+    def gauss_score(x, t):
+        a, std = sde.marginal(jnp.ones_like(t), t)
+        return -(x - (a * m)[:, None]) / (a**2 * s**2 + std**2)[:, None]
+
+    out = jax.jit(lambda k: heat_anneal(k, gauss_score, sde, jnp.full((1,), m), 0.5, 500, replicas=n, denoise=True))(jax.random.key(3))
+    a, std = (float(v[0]) for v in sde.marginal(jnp.ones(1), jnp.full((1,), 0.01)))
+    var = a**2 * s**4 / (a**2 * s**2 + std**2)
+    assert abs(float(out.mean()) - m) < 4 * np.sqrt(var / n)
+    assert float(out.var()) == pytest.approx(var, rel=0.1)
+    assert var < 0.5 * (a**2 * s**2 + std**2)  # the variance of the sample at t_min itself

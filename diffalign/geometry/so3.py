@@ -81,12 +81,14 @@ class IGSO3:
         dens = np.stack([igso3_angle_density(w, s) for s in self.sigmas])
         cdf = np.cumsum(dens, axis=1) * (w[1] - w[0])
         cdf /= cdf[:, -1:]
-        logf = np.log(np.maximum(dens, 1e-300))
-        dlogf = np.gradient(logf, w, axis=1)
-        # far in the tail the series cancels to noise (float64); there the density is the
-        # small-angle Gaussian's, f ~ w^2 exp(-w^2 / (2 sigma^2)), whose score is 2/w - w/sigma^2
+        # the score is the log-derivative of the density with respect to the Haar measure, i.e.
+        # of the series f / ((1 - cos w) / pi): d/dw log f - cot(w / 2)
+        cot = 1.0 / np.tan(w / 2.0)
+        dlogf = np.gradient(np.log(np.maximum(dens, 1e-300)), w, axis=1) - cot[None, :]
+        # far in the tail the series cancels to noise (float64); there the angle density is the
+        # small-angle Gaussian's, f ~ w^2 exp(-w^2 / (2 sigma^2)), whose log-derivative is 2/w - w/sigma^2
         tail = dens < 1e-10 * dens.max(axis=1, keepdims=True)
-        gauss = 2.0 / w[None, :] - w[None, :] / self.sigmas[:, None] ** 2
+        gauss = 2.0 / w[None, :] - w[None, :] / self.sigmas[:, None] ** 2 - cot[None, :]
         dlogf = np.where(tail, gauss, dlogf)
         self.omegas = jnp.asarray(w, jnp.float32)
         self._cdf = jnp.asarray(cdf, jnp.float32)
@@ -101,28 +103,41 @@ class IGSO3:
         return i, a
 
     def sample_angle(self, key, sigma, shape=()):
-        """Rotation angles w ~ f(w; sigma) by inverse CDF."""
-        i, a = self._sigma_weights(jnp.asarray(sigma, jnp.float32))
-        cdf = (1 - a) * self._cdf[i] + a * self._cdf[i + 1]
+        """Rotation angles w ~ f(w; sigma) by inverse CDF (``sigma`` a scalar or broadcastable to shape)."""
         u = jax.random.uniform(key, shape)
-        return jnp.interp(u, cdf, self.omegas)
+        sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), shape)
+
+        def one(u, sigma):
+            i, a = self._sigma_weights(sigma)
+            return jnp.interp(u, (1 - a) * self._cdf[i] + a * self._cdf[i + 1], self.omegas)
+
+        return jax.vmap(one)(u.ravel(), sigma.ravel()).reshape(shape)
 
     def sample(self, key, sigma, shape=()):
-        """Rotation matrices (*shape, 3, 3) ~ IGSO(3)(sigma): a uniform axis times a sampled angle."""
+        """Rotation matrices (*shape, 3, 3) ~ IGSO(3)(sigma): a uniform axis times a sampled angle
+        (``sigma`` a scalar or broadcastable to ``shape``)."""
         k_axis, k_angle = jax.random.split(key)
         axis = jax.random.normal(k_axis, (*shape, 3))
         axis = axis / jnp.linalg.norm(axis, axis=-1, keepdims=True)
         return exp_map(axis * self.sample_angle(k_angle, sigma, shape)[..., None])
 
     def score_norm(self, omega, sigma):
-        """d/dw log f(w; sigma), interpolated from the table."""
-        i, a = self._sigma_weights(jnp.asarray(sigma, jnp.float32))
-        row = (1 - a) * self._score_norm[i] + a * self._score_norm[i + 1]
-        return jnp.interp(omega, self.omegas, row)
+        """The score's norm at angle w: d/dw log p with p the density with respect to the Haar
+        measure (the series, without the angle measure's (1 - cos w) / pi), interpolated from
+        the table. This is the score the reverse SDE on SO(3) needs; near w = 0 it is about
+        -w / sigma^2 for small sigma."""
+        omega, sigma = jnp.broadcast_arrays(jnp.asarray(omega, jnp.float32), jnp.asarray(sigma, jnp.float32))
+
+        def one(omega, sigma):
+            i, a = self._sigma_weights(sigma)
+            return jnp.interp(omega, self.omegas, (1 - a) * self._score_norm[i] + a * self._score_norm[i + 1])
+
+        return jax.vmap(one)(omega.ravel(), sigma.ravel()).reshape(omega.shape)
 
     def score(self, r_t, r_0, sigma):
-        """The score of IGSO(3)(sigma) centred at ``r_0`` at ``r_t``, as a rotation vector in the
-        frame of r_0: axis(r_0^T r_t) * d/dw log f(w) with w the angle of r_0^T r_t."""
+        """The score of IGSO(3)(sigma) centred at ``r_0`` at ``r_t``: a rotation vector v such that
+        moving along r_t exp(eps v) raises log p fastest (the body frame of r_t; the axis of
+        r_0^T r_t is the same in the frames of r_0 and r_t), v = axis * score_norm(w)."""
         v = log_map(jnp.swapaxes(r_0, -1, -2) @ r_t)
         w = jnp.linalg.norm(v, axis=-1, keepdims=True)
-        return v / jnp.maximum(w, 1e-12) * self.score_norm(w, sigma)
+        return v / jnp.maximum(w, 1e-12) * self.score_norm(w[..., 0], sigma)[..., None]

@@ -26,9 +26,13 @@ METHODS = ("sde", "ode")
 
 
 def heat_anneal(key, score_fn: Callable, sde: SDE, x0, t_delta: float, steps: int, *, method: str = "sde",
-                replicas: int | None = None):
+                replicas: int | None = None, denoise: bool = False):
     """Replicas of x0 (one per row, or ``replicas`` copies of a single x0) heated to ``t_delta``
-    and annealed back with ``steps`` Euler(-Maruyama) steps; returns the annealed samples."""
+    and annealed back with ``steps`` Euler(-Maruyama) steps; returns the annealed samples.
+
+    ``denoise``: return Tweedie's E[x_0 | x_tmin] = (x + sigma^2 score) / alpha at t_min instead
+    of the sample at t_min (whose marginal noise, sigma(t_min), can exceed the data's own
+    fine structure)."""
     if method not in METHODS:
         raise ValueError(f"unknown annealing method {method!r}; expected one of {METHODS}")
     if not sde.t_min < t_delta <= sde.t_max:
@@ -38,6 +42,10 @@ def heat_anneal(key, score_fn: Callable, sde: SDE, x0, t_delta: float, steps: in
     k_heat, k_anneal = jax.random.split(key)
     x_t, _ = sde.marginal_sample(k_heat, x0, jnp.full((x0.shape[0],), t_delta, x0.dtype))
     if method == "sde":
-        return euler_maruyama(k_anneal, score_fn, sde, x_t, steps, t_start=t_delta)
-    # the probability-flow ODE is the path's velocity: the library's Euler on a grid from t_delta
-    return deterministic.euler(Predictor(score_fn, sde, "score"), x_t, steps, ts=time_grid(sde, steps, t_start=t_delta))
+        x = euler_maruyama(k_anneal, score_fn, sde, x_t, steps, t_start=t_delta)
+    else:
+        # the probability-flow ODE is the path's velocity: the library's Euler on a grid from t_delta
+        x = deterministic.euler(Predictor(score_fn, sde, "score"), x_t, steps, ts=time_grid(sde, steps, t_start=t_delta))
+    if denoise:
+        x = Predictor(score_fn, sde, "score").x0(x, jnp.full((x.shape[0],), sde.t_min, x.dtype))
+    return x
