@@ -28,6 +28,19 @@ def test_help_explains_itself():
         assert flag in sub
 
 
+def test_every_listed_subcommand_has_its_experiment_module():
+    import importlib
+
+    from diffalign.cli import EXPERIMENTS, experiment_parser
+
+    for name, (module, _) in EXPERIMENTS.items():
+        mod = importlib.import_module(module)
+        assert hasattr(mod, "COMMANDS") or (hasattr(mod, "Config") and hasattr(mod, "run")), name
+        if not hasattr(mod, "COMMANDS"):
+            parser = experiment_parser(name, [])[0]
+            assert "--smoke" in parser.format_help() and "--out" in parser.format_help(), name
+
+
 def test_bad_arguments_are_refused_clearly(tmp_path):
     p = cli("toy2d", "--out", str(tmp_path), "--method", "gan", check=False)
     assert p.returncode == 2 and "invalid choice: 'gan'" in p.stderr

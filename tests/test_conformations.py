@@ -72,6 +72,18 @@ def test_tica_finds_the_slow_direction_and_solves_the_generalised_eigenproblem()
     np.testing.assert_allclose(tica.eigenvalues, lam, rtol=1e-8)
 
 
+def test_tica_ranks_components_by_the_magnitude_of_their_eigenvalue():
+    """As deeptime: a mode flipping sign every frame (lambda near -1 at odd lags) outranks a slower
+    positive one."""
+    rng = np.random.default_rng(4)
+    t = 20_000
+    z = np.zeros((t, 3))
+    for k in range(1, t):
+        z[k] = [-0.99, 0.9, 0.0] * z[k - 1] + rng.standard_normal(3)
+    tica = TICA(lagtime=1, dim=2).fit(z)
+    assert tica.eigenvalues[0] == pytest.approx(-0.99, abs=0.02) and tica.eigenvalues[1] == pytest.approx(0.9, abs=0.02)
+
+
 def test_js_tic_separates_a_one_state_ensemble_from_a_two_state_reference():
     rng = np.random.default_rng(3)
     a = _line(8, 3.8)
@@ -95,5 +107,13 @@ def test_bad_inputs_are_refused():
         val_clash(np.full((2, 4, 3), np.nan))
     with pytest.raises(ValueError, match="residues"):
         js_pwd(np.zeros((2, 5, 3)), np.zeros((2, 6, 3)))
+    with pytest.raises(ValueError, match="residues"):
+        js_tic(np.zeros((30, 5, 3)), np.zeros((30, 6, 3)))
+    with pytest.raises(ValueError, match="residues"):
+        val_bond(np.zeros((2, 5, 3)), np.zeros((2, 6, 3)))
+    with pytest.raises(ValueError, match="at least 4 residues"):
+        js_pwd(np.zeros((2, 3, 3)), np.zeros((2, 3, 3)))
+    with pytest.raises(ValueError, match="at least 2 residues"):
+        val_clash(np.zeros((2, 1, 3)))
     with pytest.raises(ValueError, match="T > lagtime"):
         TICA(lagtime=20).fit(np.zeros((10, 3)))

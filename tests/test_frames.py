@@ -25,7 +25,7 @@ def test_frames_and_backbone_round_trip_and_are_equivariant():
     r2, t2 = rigid_from_3_points(atoms[..., 0, :], atoms[..., 1, :], atoms[..., 2, :])
     np.testing.assert_allclose(np.asarray(r2), np.asarray(rots), atol=1e-5)
     np.testing.assert_allclose(np.asarray(t2), np.asarray(trans), atol=1e-5)
-    # ideal geometry: N-CA 1.458 A, CA-C 1.526 A
+    # ideal geometry: N-CA 1.4605 A (|(-0.525, 1.363, 0)|), CA-C 1.526 A
     np.testing.assert_allclose(np.linalg.norm(np.asarray(atoms[..., 0, :] - atoms[..., 1, :]), axis=-1), 1.4605, atol=1e-3)
     # a global rotation g and shift u act on frames as (g R, g x + u)
     g, u = exp_map(jnp.array([0.4, -1.0, 0.3])), jnp.array([1.0, 2.0, -3.0])
@@ -81,10 +81,24 @@ def test_reverse_sde_with_the_exact_score_returns_the_data_law(diffusion, t_delt
     # Euler-Maruyama's error on this std from t_delta 0.3: +3% in 400 steps, +0.3% in 1600 (near t_min the
     # reverse drift is stiff: std^2 = 0.002 at t = 0.01)
     np.testing.assert_allclose(xs.std(0), std, rtol=0.07)
-    # the probability-flow ODE keeps the rotations' spread too (marginals are preserved)
-    r, _ = jax.jit(lambda k: heat_anneal_frames(k, score, diffusion, rots0, trans0, t_delta, steps, method="ode", center=False))(jax.random.key(5))
+    # the probability-flow ODE keeps the marginals too: the rotations' spread and the positions' law
+    r, x = jax.jit(lambda k: heat_anneal_frames(k, score, diffusion, rots0, trans0, t_delta, steps, method="ode", center=False))(jax.random.key(5))
     w = np.linalg.norm(np.asarray(log_map(jnp.swapaxes(rots0, -1, -2) @ r)), axis=-1).ravel()
     assert abs(w.mean() - expected) < 3 * w.std() / np.sqrt(w.size) + 0.05 * expected, (w.mean(), expected)
+    xs = np.asarray(x) * diffusion.trans_scale
+    np.testing.assert_allclose(xs.mean(0), a * np.asarray(x0[0]), atol=5 * std / np.sqrt(n))
+    np.testing.assert_allclose(xs.std(0), std, rtol=0.07)
+
+
+def test_centring_and_replicas(diffusion):
+    """center=True removes each conformation's mean position after every step (Str2Str's
+    center_trans); replicas= broadcasts one structure."""
+    rots0, trans0 = _random_frames(jax.random.key(6), (5,))
+    zero_score = lambda r, x, t: (jnp.zeros_like(x), jnp.zeros_like(x))  # noqa: E731
+    r, x = heat_anneal_frames(jax.random.key(7), zero_score, diffusion, rots0, trans0, 0.5, 20, replicas=8)
+    assert r.shape == (8, 5, 3, 3) and x.shape == (8, 5, 3)
+    np.testing.assert_allclose(np.asarray(x.mean(1)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(r @ jnp.swapaxes(r, -1, -2)), np.broadcast_to(np.eye(3), r.shape), atol=1e-4)
 
 
 def test_bad_arguments_are_refused(diffusion):

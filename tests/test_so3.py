@@ -65,15 +65,16 @@ def test_composed_increments_add_sigma_squared(igso3):
 def test_score_norm_matches_the_quotient_rule(igso3):
     """The Haar score d/dw log(series) from the table against the series differentiated term by term."""
     sigma = float(igso3.sigmas[40])
-    w = np.linspace(0.2, 3.0, 15)
-    w = w[igso3_angle_density(w, sigma) > 1e-6]  # where the series is accurate (the tail cancels to noise)
-    assert len(w) >= 8
+    w = np.concatenate([np.linspace(0.0, 0.2, 21), np.linspace(0.2, 3.0, 15)])
+    w = w[(w == 0) | (igso3_angle_density(w, sigma) > 1e-6)]  # where the series is accurate (the tail cancels to noise)
+    assert len(w) >= 28
     l = np.arange(1000, dtype=np.float64)[:, None]
     c = (2 * l + 1) * np.exp(-l * (l + 1) * sigma**2 / 2)
-    num, den = np.sin((l + 0.5) * w), np.sin(w / 2)
+    wq = np.maximum(w, 1e-9)  # the quotient rule's limit at w = 0 is 0 (log series is even)
+    num, den = np.sin((l + 0.5) * wq), np.sin(wq / 2)
     s = np.sum(c * num / den, 0)
-    ds = np.sum(c * ((l + 0.5) * np.cos((l + 0.5) * w) * den - num * 0.5 * np.cos(w / 2)) / den**2, 0)
-    exact = ds / s
+    ds = np.sum(c * ((l + 0.5) * np.cos((l + 0.5) * wq) * den - num * 0.5 * np.cos(wq / 2)) / den**2, 0)
+    exact = np.where(w == 0, 0.0, ds / s)
     np.testing.assert_allclose(np.asarray(igso3.score_norm(jnp.asarray(w), sigma)), exact, rtol=2e-2, atol=2e-2)
     # in the far tail (density below 1e-10 of its peak) the table follows the Gaussian limit, not noise
     wt = np.linspace(1.5, 3.1, 9)
@@ -89,3 +90,10 @@ def test_score_norm_matches_the_quotient_rule(igso3):
 def test_bad_sigma_range_is_refused():
     with pytest.raises(ValueError, match="sigma_min < sigma_max"):
         IGSO3(1.0, 0.5)
+
+
+def test_log_map_is_accurate_up_to_pi():
+    n = np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8])
+    for theta in (0.0, 1e-4, 0.5, 2.0, 3.0, np.pi - 1e-2, np.pi - 1e-3, np.pi - 3e-4, np.pi - 1e-5):
+        v = log_map(exp_map(jnp.asarray(theta * n, jnp.float32)))
+        np.testing.assert_allclose(np.asarray(v), theta * n, atol=1e-5)

@@ -1,7 +1,8 @@
 """Residue frames and their diffusion: Str2Str's (and FrameDiff's) state for protein backbones.
 
 A backbone of L residues is L rigid frames T_i = (R_i, x_i): x_i the C-alpha position, R_i
-from (N, C-alpha, C) by Gram-Schmidt (AlphaFold 2's ``rigid_from_3_points``). The forward
+from (N, C-alpha, C) by Gram-Schmidt with the first axis along C - C-alpha and N in the
+(x, y) plane at y > 0 (AlphaFold 2's backbone frame). The forward
 noise factorises over residues and over R^3 x SO(3):
 
 * positions: the VP SDE (beta 0.1 -> 20) on C-alpha coordinates scaled by 0.1 (nm);
@@ -11,8 +12,9 @@ noise factorises over residues and over R^3 x SO(3):
 
 The reverse process (SDE or probability-flow ODE) moves a rotation in its own body frame,
 R <- R exp(v) with v = g^2 s dt (+ g sqrt(dt) z for the SDE; half the drift for the ODE), s
-the score as a body-frame rotation vector (``IGSO3.score``); positions take the library's
-reverse VP step. ``heat_anneal_frames`` is Str2Str's heating-annealing sampler on frames.
+the score as a body-frame rotation vector (``IGSO3.score``); positions take an Euler(-Maruyama)
+step of the reverse VP SDE and are re-centred. ``heat_anneal_frames`` is Str2Str's
+heating-annealing sampler on frames.
 """
 
 from __future__ import annotations
@@ -72,8 +74,13 @@ class FrameDiffusion:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
         if not 0 < self.t_min < 1:
             raise ValueError(f"t_min must be in (0, 1), got {self.t_min}")
+        if not self.trans_scale > 0:
+            raise ValueError(f"trans_scale must be > 0, got {self.trans_scale}")
         if self.igso3 is None:
             object.__setattr__(self, "igso3", IGSO3(self.sigma_min, self.sigma_max))
+        elif not (self.igso3.sigmas[0] <= self.sigma_min * (1 + 1e-6) and self.igso3.sigmas[-1] >= self.sigma_max * (1 - 1e-6)):
+            raise ValueError(f"the IGSO3 tables cover sigma {self.igso3.sigmas[0]:.3g} - {self.igso3.sigmas[-1]:.3g}, "
+                             f"not the schedule's {self.sigma_min} - {self.sigma_max}")
 
     def sigma(self, t):
         """The rotation noise level sigma(t) (logarithmic schedule)."""
@@ -114,16 +121,22 @@ class FrameDiffusion:
 
 
 def heat_anneal_frames(key, score_fn: Callable, diffusion: FrameDiffusion, rots0, trans0, t_delta: float,
-                       steps: int, *, method: str = "sde", center: bool = True):
-    """Str2Str's heating-annealing on frames: heat (R_0, x_0) (B, L, ...) to ``t_delta`` with the exact
-    forward marginal, then ``steps`` reverse steps on a uniform grid down to ``t_min``.
+                       steps: int, *, method: str = "sde", center: bool = True, replicas: int | None = None):
+    """Str2Str's heating-annealing on frames: heat (R_0, x_0) (B, L, ...), or ``replicas`` copies of
+    one structure (L, ...), to ``t_delta`` with the exact forward marginal, then ``steps`` reverse
+    steps on a uniform grid down to ``t_min``; returns the frames at t_min.
 
-    ``score_fn(rots, trans, t) -> (rot_score, trans_score)`` (see ``FrameDiffusion``).
+    ``score_fn(rots, trans, t) -> (rot_score, trans_score)`` (see ``FrameDiffusion``). Str2Str
+    outputs its network's denoised frames at the last step; with a denoiser at hand, apply it
+    to the result.
     """
     if not diffusion.t_min < t_delta <= 1.0:
         raise ValueError(f"t_delta must be in ({diffusion.t_min}, 1], got {t_delta}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if replicas is not None:
+        rots0 = jnp.broadcast_to(rots0, (replicas, *jnp.shape(rots0)))
+        trans0 = jnp.broadcast_to(trans0, (replicas, *jnp.shape(trans0)))
     b = trans0.shape[0]
     k_heat, k_anneal = jax.random.split(key)
     rots, trans = diffusion.forward_marginal(k_heat, rots0, trans0, jnp.full((b,), t_delta, trans0.dtype))

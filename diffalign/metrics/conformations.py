@@ -10,6 +10,8 @@ the TICA projection.
   histograms over the reference's range (+1e-6 to every bin), of the pairwise distances
   (|i - j| >= 3, mean over pairs), of the radius of gyration, and of the two slowest TICA
   components (lag 20, fitted on the reference's pairwise distances; mean of the two).
+  A histogram whose values all fall outside the reference's range is uniform after the
+  pseudocount (a quirk of the published formula, kept).
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ def _check(ca, name="ensemble") -> np.ndarray:
     return ca
 
 
+def _check_pair(ca, reference, min_residues: int = 2):
+    ca, reference = _check(ca), _check(reference, "reference")
+    if ca.shape[1] != reference.shape[1]:
+        raise ValueError(f"ensembles have {ca.shape[1]} and {reference.shape[1]} residues")
+    if ca.shape[1] < min_residues:
+        raise ValueError(f"need at least {min_residues} residues, got {ca.shape[1]}")
+    return ca, reference
+
+
 def _pair_distances(ca, offset: int) -> np.ndarray:
     """Distances of the pairs i < j with j - i >= offset, (N, P)."""
     i, j = np.triu_indices(ca.shape[1], k=offset)
@@ -39,13 +50,15 @@ def _pair_distances(ca, offset: int) -> np.ndarray:
 def val_clash(ca, threshold: float = CLASH_DISTANCE) -> float:
     """Fraction of conformations without a steric clash (every C-alpha pair at >= ``threshold`` A)."""
     ca = _check(ca)
+    if ca.shape[1] < 2:
+        raise ValueError(f"need at least 2 residues, got {ca.shape[1]}")
     return float(np.mean(_pair_distances(ca, 1).min(axis=1) >= threshold))
 
 
 def val_bond(ca, reference) -> float:
     """Fraction of conformations whose adjacent C-alpha distances all stay below the reference's
     largest one (+1e-6): no chain break."""
-    ca, reference = _check(ca), _check(reference, "reference")
+    ca, reference = _check_pair(ca, reference)
     bound = np.linalg.norm(np.diff(reference, axis=1), axis=-1).max() + 1e-6
     return float(np.mean(np.linalg.norm(np.diff(ca, axis=1), axis=-1).max(axis=1) < bound))
 
@@ -68,9 +81,7 @@ def _js_1d(x, ref) -> float:
 
 def js_pwd(ca, reference, offset: int = 3) -> float:
     """Mean over C-alpha pairs (|i - j| >= ``offset``) of the JS distance of their distance histograms."""
-    ca, reference = _check(ca), _check(reference, "reference")
-    if ca.shape[1] != reference.shape[1]:
-        raise ValueError(f"ensembles have {ca.shape[1]} and {reference.shape[1]} residues")
+    ca, reference = _check_pair(ca, reference, offset + 1)
     d, d_ref = _pair_distances(ca, offset), _pair_distances(reference, offset)
     return float(np.mean([_js_1d(d[:, k], d_ref[:, k]) for k in range(d.shape[1])]))
 
@@ -83,6 +94,7 @@ def radius_of_gyration(ca) -> np.ndarray:
 
 def js_rg(ca, reference) -> float:
     """JS distance of the radius-of-gyration histograms."""
+    _check_pair(ca, reference)
     return _js_1d(radius_of_gyration(ca), radius_of_gyration(reference))
 
 
@@ -90,8 +102,10 @@ class TICA:
     """Time-lagged independent component analysis with the reversible (symmetrised) estimator.
 
     Fitted on a time series X (T, D): mean over all frames, C00 and C0tau symmetrised over both
-    time directions, C00's eigenvalues below ``epsilon`` dropped, then the generalised
-    eigenproblem C0tau v = lambda C00 v; components sorted by lambda (slowest first).
+    time directions, C00's eigenvalues below ``epsilon`` (absolute) dropped, then the generalised
+    eigenproblem C0tau v = lambda C00 v; components sorted by |lambda| (as deeptime, which
+    Str2Str uses; a fast oscillating mode with lambda near -1 counts as slow). Kinetic-map
+    scaling and signs are left out: the JS distances of the projections do not depend on them.
     """
 
     def __init__(self, lagtime: int = 20, dim: int = 2, epsilon: float = 1e-6):
@@ -110,10 +124,10 @@ class TICA:
         c00 = (x0.T @ x0 + xt.T @ xt) / (2 * n)
         c0t = (x0.T @ xt + xt.T @ x0) / (2 * n)
         s, u = np.linalg.eigh(c00)
-        keep = s > self.epsilon * s.max()
+        keep = s > self.epsilon
         whiten = u[:, keep] / np.sqrt(s[keep])
         lam, v = np.linalg.eigh(whiten.T @ c0t @ whiten)
-        order = np.argsort(lam)[::-1]
+        order = np.argsort(np.abs(lam), kind="stable")[::-1]
         self.eigenvalues = lam[order]
         self.components = whiten @ v[:, order]
         if self.components.shape[1] < self.dim:
@@ -127,7 +141,7 @@ class TICA:
 def js_tic(ca, reference, lagtime: int = 20, offset: int = 3) -> float:
     """Mean over the two slowest TICA components (fitted on the reference's pairwise distances)
     of the JS distance of their histograms."""
-    ca, reference = _check(ca), _check(reference, "reference")
+    ca, reference = _check_pair(ca, reference, offset + 2)  # two TICA components need two pairs
     tica = TICA(lagtime, 2).fit(_pair_distances(reference, offset))
     p, q = tica.transform(_pair_distances(ca, offset)), tica.transform(_pair_distances(reference, offset))
     return float(np.mean([_js_1d(p[:, k], q[:, k]) for k in range(2)]))

@@ -32,7 +32,7 @@ def heat_anneal(key, score_fn: Callable, sde: SDE, x0, t_delta: float, steps: in
 
     ``denoise``: return Tweedie's E[x_0 | x_tmin] = (x + sigma^2 score) / alpha at t_min instead
     of the sample at t_min (whose marginal noise, sigma(t_min), can exceed the data's own
-    fine structure)."""
+    fine structure); Str2Str likewise outputs its network's denoised structure at the last step."""
     if method not in METHODS:
         raise ValueError(f"unknown annealing method {method!r}; expected one of {METHODS}")
     if not sde.t_min < t_delta <= sde.t_max:
