@@ -71,6 +71,7 @@ class Config:
                                               "T_delta levels of the chain ensemble (Str2Str: 0.25 ... 0.70)")
     replicas: int = field(100, "replicas per T_delta level (chain; Str2Str: 100)")
     steps_per_unit_time: int = field(1000, "chain annealing steps per unit of time (Str2Str: 1000)")
+    released_sampler: bool = field(False, "anneal with Str2Str's released steps (dt = 1/n; the ODE halves the whole drift) instead of the textbook ones")
     denoise: bool = field(True, "chain: return Tweedie's E[x0 | x_tmin] after annealing (the sample at t_min keeps 0.45 A of noise)")
     hidden: tuple[int, ...] = field((256, 256, 256), "MLP hidden widths (both score models)")
     batch_size: int = field(512, "batch size")
@@ -106,7 +107,7 @@ class Config:
 
 # settings that only change the annealing and evaluation: a rerun reuses the trained score models
 SAMPLING_FIELDS = ("wells_t_deltas", "wells_replicas", "anneal_steps", "chain_t_deltas", "replicas",
-                   "steps_per_unit_time", "denoise", "steps_per_call", "log_every")
+                   "steps_per_unit_time", "denoise", "released_sampler", "steps_per_call", "log_every")
 SDE = get_sde("vp", beta_min=0.1, beta_max=20.0, t_min=0.01)  # Str2Str's positions: beta 0.1 -> 20, t in [0.01, 1]
 
 
@@ -162,7 +163,8 @@ def run_wells(cfg: Config, out: str, timer: Timer) -> dict:
     with timer("wells_anneal"):
         for method in ("sde", "ode"):
             run = jax.jit(lambda k, t, m=method: heat_anneal(k, score, SDE, start, t, cfg.anneal_steps, method=m,
-                                                               replicas=cfg.wells_replicas), static_argnums=1)
+                                                               replicas=cfg.wells_replicas,
+                                                               str2str_compat=cfg.released_sampler), static_argnums=1)
             res[method] = {}
             for t_delta in cfg.wells_t_deltas:
                 got = well_fractions(run(jax.random.key(cfg.seed + 17), float(t_delta)))
@@ -177,13 +179,14 @@ def run_wells(cfg: Config, out: str, timer: Timer) -> dict:
     return res
 
 
-def _anneal_ensemble(score, start, t_deltas, replicas, steps_per_unit, method, seed, denoise):
+def _anneal_ensemble(score, start, t_deltas, replicas, steps_per_unit, method, seed, denoise, released=False):
     """Str2Str's protocol: ``replicas`` per T_delta level, pooled; steps ~ steps_per_unit * T_delta."""
     out = []
     for i, t_delta in enumerate(t_deltas):
         steps = max(1, round(steps_per_unit * t_delta))
         run = jax.jit(lambda k, t=t_delta, s=steps: heat_anneal(k, score, SDE, start, t, s, method=method,
-                                                                replicas=replicas, denoise=denoise))
+                                                                replicas=replicas, denoise=denoise,
+                                                                str2str_compat=released))
         out.append(np.asarray(run(jax.random.key(seed + 1000 * i))))
     return out
 
@@ -203,7 +206,8 @@ def run_chain(cfg: Config, out: str, timer: Timer) -> tuple[dict, dict]:
     with timer("chain_anneal"):
         for method in ("sde", "ode"):
             levels = [to_ca(x) for x in _anneal_ensemble(score, start, cfg.chain_t_deltas, cfg.replicas,
-                                                         cfg.steps_per_unit_time, method, cfg.seed + 23, cfg.denoise)]
+                                                         cfg.steps_per_unit_time, method, cfg.seed + 23, cfg.denoise,
+                                                         cfg.released_sampler)]
             pooled = np.concatenate(levels)
             samples[method] = pooled
             res[method] = {
@@ -213,7 +217,7 @@ def run_chain(cfg: Config, out: str, timer: Timer) -> tuple[dict, dict]:
             }
     with timer("chain_baselines"):
         prior = to_ca(_anneal_ensemble(score, start, (1.0,), n_total, cfg.steps_per_unit_time, "sde", cfg.seed + 29,
-                                      cfg.denoise)[0])
+                                      cfg.denoise, cfg.released_sampler)[0])
         rng = np.random.default_rng(cfg.seed + 31)
         floor = traj[rng.choice(len(traj), n_total, replace=False)]
         repeated = np.repeat(helix(CHAIN_RESIDUES)[None], n_total, 0)

@@ -83,3 +83,25 @@ def test_denoise_returns_the_posterior_mean_at_t_min():
     assert abs(float(out.mean()) - m) < 4 * np.sqrt(var / n)
     assert float(out.var()) == pytest.approx(var, rel=0.1)
     assert var < 0.5 * (a**2 * s**2 + std**2)  # the variance of the sample at t_min itself
+
+
+def test_the_released_samplers_deviations_over_anneal():
+    """str2str_compat reproduces the reference note's numbers for Str2Str's released sampler (exact
+    score, floor(1000 T_delta) steps, t_min 0.01): the PF-ODE's within-well RMS spread drops from the
+    law's ~0.495 to 0.08 at T_delta 0.25, and at 0.7 the well fractions move from .544/.265/.191 to
+    .884/.098/.018."""
+    sde = get_sde("vp", t_min=0.01)
+    start = jnp.asarray(MU[0], jnp.float32)
+
+    def rms(x):
+        x = np.asarray(x)
+        k = np.argmin(((x[:, None] - MU[None]) ** 2).sum(-1), -1)
+        return np.sqrt(((x - MU[k]) ** 2).sum(-1).mean())
+
+    def run(t_delta, compat):
+        return jax.jit(lambda k: heat_anneal(k, score, sde, start, t_delta, int(1000 * t_delta), method="ode",
+                                             replicas=4000, str2str_compat=compat))(jax.random.key(0))
+
+    assert abs(rms(run(0.25, False)) - 0.495) < 0.03 and abs(rms(run(0.25, True)) - 0.08) < 0.02
+    np.testing.assert_allclose(basin_fractions(run(0.7, True)), [0.884, 0.098, 0.018], atol=0.02)
+    np.testing.assert_allclose(basin_fractions(run(0.7, False)), [0.544, 0.265, 0.191], atol=0.02)
