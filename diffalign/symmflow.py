@@ -73,9 +73,9 @@ def targets(x, m, eps_x, eps_m, sigma_min: float = SIGMA_MIN):
 
 
 def label_embeddings(num_classes: int, scale: float = 1.0, signed: bool = False):
-    """(K, D) class embeddings: for K = 2 the scalars -scale, +scale (D = 1); otherwise one-hot
-    vectors times ``scale`` (``signed``: +scale for the class, -scale elsewhere, in the image's
-    [-1, 1] range like the paper's palette masks)."""
+    """(K, D) class embeddings: for K = 2 the scalars -scale, +scale (D = 1; already signed, so
+    ``signed`` changes nothing); otherwise one-hot vectors times ``scale`` (``signed``: +scale for
+    the class, -scale elsewhere, in the image's [-1, 1] range like the paper's palette masks)."""
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if not scale > 0:

@@ -29,8 +29,9 @@ DESCRIPTION = (
     "on an 11x11 four-rooms grid with offline data generated from a seed; success, discounted "
     "return and final distance against the exact shortest-path optimum, over expert fractions and seeds."
 )
-METHODS = ("smore", "gcbc", "gcbc_mlp")
-LABELS = {"smore": "SMORe", "gcbc": "GCBC", "gcbc_mlp": "GCBC (MLP)"}
+METHODS = ("smore", "gcbc", "gcsl", "gcbc_mlp")
+LABELS = {"smore": "SMORe", "gcbc": "GCBC", "gcsl": "GCBC, future goals only (GCSL-style)", "gcbc_mlp": "GCBC (MLP)"}
+GAP_SUFFIX = {"gcbc": "", "gcsl": "_gcsl", "gcbc_mlp": "_mlp"}
 SPLITS = ("all", "hard")
 
 
@@ -53,10 +54,11 @@ class Config:
     p_future: float = field(0.8, "probability of a future-state hindsight goal")
     batch_size: int = field(1024, "batch size (each of D and G)")
     steps: int = field(30_000, "SMORe training steps")
-    gcbc_steps: int = field(5_000, "GCBC training steps (a convex table fit; converged by then)")
+    gcbc_steps: int = field(30_000, "GCBC training steps (tables; as many as SMORe's by default)")
     lr_critic: float = field(0.3, "peak Adam learning rate of the S and M tables")
-    lr_actor: float = field(0.1, "peak Adam learning rate of the policy tables (SMORe and GCBC)")
-    lr_decay: bool = field(True, "cosine decay of SMORe's learning rates to zero")
+    lr_actor: float = field(0.1, "peak Adam learning rate of SMORe's policy table")
+    gcbc_lr: float = field(0.1, "peak Adam learning rate of the GCBC tables")
+    lr_decay: bool = field(True, "cosine decay of the learning rates to zero (SMORe and the GCBC tables)")
     gcbc_mlp: bool = field(False, "also train GCBC with an MLP on (s, g) embeddings, a stronger baseline that "
                                   "generalises across goals (about 20 s per fraction and seed)")
     mlp_steps: int = field(5_000, "training steps of the MLP GCBC")
@@ -90,14 +92,15 @@ class Config:
             max_weight=self.max_weight, tau=self.tau, p_future=self.p_future, batch_size=self.batch_size,
             steps=self.steps, lr_critic=self.lr_critic, lr_actor=self.lr_actor, decay=self.lr_decay)
 
-    def gcbc_config(self) -> S.GCBCConfig:
-        return S.GCBCConfig(p_future=self.p_future, batch_size=self.batch_size, steps=self.gcbc_steps, lr=self.lr_actor)
+    def gcbc_config(self, p_future: float | None = None) -> S.GCBCConfig:
+        return S.GCBCConfig(p_future=self.p_future if p_future is None else p_future, batch_size=self.batch_size,
+                            steps=self.gcbc_steps, lr=self.gcbc_lr, decay=self.lr_decay)
 
     def mlp_config(self) -> S.GCBCConfig:
         return S.GCBCConfig(p_future=self.p_future, batch_size=self.batch_size, steps=self.mlp_steps, lr=self.mlp_lr)
 
     def methods(self) -> tuple:
-        return METHODS if self.gcbc_mlp else METHODS[:2]
+        return METHODS if self.gcbc_mlp else METHODS[:3]
 
     def smoke(self) -> "Config":
         return dataclasses.replace(self, seeds=self.seeds[:1], n_traj=200, steps=300, gcbc_steps=100,
@@ -166,6 +169,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     world = G.four_rooms()
     pairs = {split: G.eval_pairs(world, split) for split in SPLITS}
     scfg, gcfg, mcfg = cfg.smore_config(), cfg.gcbc_config(), cfg.mlp_config()
+    gcsl_cfg = cfg.gcbc_config(p_future=1.0)
     methods = cfg.methods()
 
     with timer("optimum"):
@@ -200,7 +204,10 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
             with timer("train_gcbc"):
                 sb, log_b = S.train_gcbc(k_train, data, world.n_states, gcfg, cfg.log_every)
                 jax.block_until_ready(sb)
-            logits = {"smore": st.params["pi"], "gcbc": sb.params["pi"]}
+            with timer("train_gcsl"):
+                sf, _ = S.train_gcbc(k_train, data, world.n_states, gcsl_cfg, cfg.log_every)
+                jax.block_until_ready(sf)
+            logits = {"smore": st.params["pi"], "gcbc": sb.params["pi"], "gcsl": sf.params["pi"]}
             if cfg.gcbc_mlp:
                 with timer("train_gcbc_mlp"):
                     # its own key: switching it on or off leaves the other methods' numbers alone
@@ -224,7 +231,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
                 "gcbc": {k: np.asarray(v).tolist() for k, v in log_b.items()}}
         entry = {name: _summarise(per[name]) for name in methods}
         for base in methods[1:]:
-            suffix = "" if base == "gcbc" else "_mlp"
+            suffix = GAP_SUFFIX[base]
             for m in ("success", "return"):
                 gaps = [a["all"][m] - b["all"][m] for a, b in zip(per["smore"], per[base])]
                 entry[f"gap{suffix}_{m}"] = _spread(gaps)
@@ -238,6 +245,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
         metrics[frac_key(frac)] = entry
         print(f"expert {frac:g}: smore success {entry['smore']['success']:.3f} return {entry['smore']['return']:.2f} | "
               f"gcbc success {entry['gcbc']['success']:.3f} return {entry['gcbc']['return']:.2f} | "
+              f"gcsl success {entry['gcsl']['success']:.3f} return {entry['gcsl']['return']:.2f} | "
               + (f"gcbc-mlp success {entry['gcbc_mlp']['success']:.3f} return {entry['gcbc_mlp']['return']:.2f} | "
                  if cfg.gcbc_mlp else "") +
               f"data support {entry.get('data_support', {}).get('success', float('nan')):.3f} | "
@@ -255,6 +263,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
         e = metrics[frac_key(frac)]
         summary[f"smore_success@{frac:g}"] = e["smore"]["success"]
         summary[f"gcbc_success@{frac:g}"] = e["gcbc"]["success"]
+        summary[f"gcsl_success@{frac:g}"] = e["gcsl"]["success"]
         if cfg.gcbc_mlp:
             summary[f"gcbc_mlp_success@{frac:g}"] = e["gcbc_mlp"]["success"]
     summary["optimal_success"] = optimal["success"]

@@ -250,8 +250,9 @@ def digits_references(train_set, test_set, clf) -> dict:
 
 
 def summarise(per_seed: list[dict]) -> dict:
-    """Mean under each metric's name and the standard deviation over seeds (ddof 0) under
-    NAME_std (elementwise for per-class lists); the raw values under "per_seed"."""
+    """Mean under each metric's name and the sample standard deviation over seeds (ddof 1, as the
+    other experiments; 0 for one seed) under NAME_std (elementwise for per-class lists); the raw
+    values under "per_seed"."""
     out: dict = {}
     for k in per_seed[0]:
         vals = [r[k] for r in per_seed]
@@ -259,7 +260,8 @@ def summarise(per_seed: list[dict]) -> dict:
             continue
         arr = np.asarray(vals, np.float64)
         out[k] = arr.mean(0).tolist() if arr.ndim > 1 else float(arr.mean())
-        out[f"{k}_std"] = arr.std(0).tolist() if arr.ndim > 1 else float(arr.std())
+        std = arr.std(0, ddof=1) if len(arr) > 1 else np.zeros_like(arr[0])
+        out[f"{k}_std"] = std.tolist() if arr.ndim > 1 else float(std)
     out["per_seed"] = per_seed
     return out
 

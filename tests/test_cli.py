@@ -1,22 +1,12 @@
 """The `diffalign` command: help, argument errors, and the experiment contract under --smoke."""
 
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from clitools import cli, read
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def cli(*args, check=True, env=None):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "diffalign.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"diffalign {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def test_help_explains_itself():
@@ -53,11 +43,6 @@ def test_bad_arguments_are_refused_clearly(tmp_path):
     p = cli("frobnicate", check=False)
     assert p.returncode == 2 and "unknown subcommand" in p.stderr
     assert not os.listdir(tmp_path)  # nothing was written by refused runs
-
-
-def read(out):
-    with open(os.path.join(out, "results.json")) as f:
-        return json.load(f)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from diffalign.theory import score_estimation as S
-from tests.test_cli import cli
+from clitools import cli
 
 # ----------------------------------------------------------------------------- closed forms
 

@@ -3,23 +3,13 @@ and (slow tier) heating-annealing with learned scores."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from diffalign.data.chains import hairpin, helix, nearest_state, two_state_trajectory
 from experiments import str2str as S
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def cli(*args):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
-    p = subprocess.run([sys.executable, "-m", "diffalign.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
-    assert p.returncode == 0, p.stdout + p.stderr
-    return p
+from clitools import cli
 
 
 def test_toy_chain_templates_and_trajectory():

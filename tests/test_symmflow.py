@@ -8,10 +8,7 @@ digits) are trained here; the three-seed ones are in the slow tier.
 """
 
 import dataclasses
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,25 +16,9 @@ import numpy as np
 import pytest
 
 from diffalign import symmflow as S
+from clitools import cli, read
 
 SIG = S.SIGMA_MIN
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def cli(*args, check=True):
-    """Run ``diffalign ARGS`` in a subprocess on the CPU (the pattern of tests/test_cli.py)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
-    proc = subprocess.run([sys.executable, "-m", "diffalign.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"diffalign {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def read(out):
-    with open(os.path.join(out, "results.json")) as f:
-        return json.load(f)
-
 
 def _draws(key, n=64, dx=3, dm=2):
     k = jax.random.split(key, 5)
@@ -248,7 +229,9 @@ def test_moons_one_step_classification_reaches_95_percent():
     assert m["one_step_accuracy"] >= 0.95
     assert m["round_trip_accuracy"] >= 0.9
     floor = moons_references(cfg)["w2_floor_mean"]
-    assert m["w2_mean"] < 6 * floor  # a mis-trained flow sits at W2 ~ 1-2 on these moons
+    # this short run measures 2.7x the floor (seed 0); a mis-trained flow sits at W2 ~ 1-2. The
+    # label-scale leak (W2 0.46 against 0.20 at full length) is the slow tier's 3x bar's job
+    assert m["w2_mean"] < 4 * floor
 
 
 def test_cli_smoke_keeps_the_contract(tmp_path):

@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -93,13 +94,16 @@ class SMOReConfig:
 
 @dataclasses.dataclass(frozen=True)
 class GCBCConfig:
-    """GCBC's fit is a convex per-(s, g) log-likelihood of tables: it converges in a few
-    thousand steps (15k steps change its success by < 0.01, see the docs)."""
+    """Goal-conditioned behaviour cloning on hindsight-relabelled batches (``p_future`` 1.0 is
+    GCSL-style: every goal a state the trajectory reaches later). Trained like SMORe's policy:
+    the same number of steps and a cosine-decayed Adam rate by default (a constant rate leaves
+    the tables' minibatch noise in place)."""
 
     p_future: float = 0.8
     batch_size: int = 1024
-    steps: int = 5_000
+    steps: int = 30_000
     lr: float = 0.1
+    decay: bool = True  # cosine decay of the learning rate to zero over ``steps``
 
     def __post_init__(self):
         if not 0.0 <= self.p_future <= 1.0:
@@ -205,13 +209,17 @@ def gcbc_step(state: LearnerState, key, data: Dataset, cfg: GCBCConfig):
         return -_log_pi(params["pi"][D.s, D.g], D.a).mean()
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = optax.adam(cfg.lr).update(grads, state.opt_state, state.params)
+    updates, opt_state = _gcbc_optimizer(cfg).update(grads, state.opt_state, state.params)
     return LearnerState(optax.apply_updates(state.params, updates), {}, opt_state), {"bc_loss": loss}
+
+
+def _gcbc_optimizer(cfg: GCBCConfig):
+    return optax.adam(optax.cosine_decay_schedule(cfg.lr, cfg.steps) if cfg.decay else cfg.lr)
 
 
 def init_gcbc(n_states: int, cfg: GCBCConfig) -> LearnerState:
     params = {"pi": jnp.zeros((n_states, n_states, N_ACTIONS))}
-    return LearnerState(params, {}, optax.adam(cfg.lr).init(params))
+    return LearnerState(params, {}, _gcbc_optimizer(cfg).init(params))
 
 
 def _train(step_fn, state, key, data, cfg, log_every):
@@ -224,15 +232,35 @@ def _train(step_fn, state, key, data, cfg, log_every):
     return state, logged
 
 
-@functools.partial(jax.jit, static_argnames=("n_states", "cfg", "log_every"))
+def check_dataset(data: Dataset, n_states: int) -> None:
+    """Host-side check before a jitted learner: out-of-range indices would be clamped silently."""
+    obs, actions, goals = (np.asarray(a) for a in (data.obs, data.actions, data.goals))
+    if obs.ndim != 2 or actions.shape != (obs.shape[0], obs.shape[1] - 1) or goals.shape != (obs.shape[0],):
+        raise ValueError(f"dataset shapes do not fit: obs {obs.shape}, actions {actions.shape}, goals {goals.shape}")
+    for name, a, hi in (("obs", obs, n_states), ("goals", goals, n_states), ("actions", actions, N_ACTIONS)):
+        if a.size and (a.min() < 0 or a.max() >= hi):
+            raise ValueError(f"dataset {name} must lie in [0, {hi}), got values in [{a.min()}, {a.max()}]")
+
+
 def train_smore(key, data: Dataset, n_states: int, cfg: SMOReConfig, log_every: int = 1000):
     """Train SMORe from zero tables; returns (state, metrics averaged over log windows)."""
+    check_dataset(data, n_states)
+    return _train_smore(key, data, n_states, cfg, log_every)
+
+
+def train_gcbc(key, data: Dataset, n_states: int, cfg: GCBCConfig, log_every: int = 1000):
+    """Train GCBC from zero logits; returns (state, metrics averaged over log windows)."""
+    check_dataset(data, n_states)
+    return _train_gcbc(key, data, n_states, cfg, log_every)
+
+
+@functools.partial(jax.jit, static_argnames=("n_states", "cfg", "log_every"))
+def _train_smore(key, data, n_states, cfg, log_every):
     return _train(smore_step, init_smore(n_states, cfg), key, data, cfg, log_every)
 
 
 @functools.partial(jax.jit, static_argnames=("n_states", "cfg", "log_every"))
-def train_gcbc(key, data: Dataset, n_states: int, cfg: GCBCConfig, log_every: int = 1000):
-    """Train GCBC from zero logits; returns (state, metrics averaged over log windows)."""
+def _train_gcbc(key, data, n_states, cfg, log_every):
     return _train(gcbc_step, init_gcbc(n_states, cfg), key, data, cfg, log_every)
 
 
@@ -268,6 +296,7 @@ class GoalMLP(nnx.Module):
 def train_gcbc_mlp(key, data: Dataset, n_states: int, cfg: GCBCConfig, width: int = 256, log_every: int = 1000):
     """GCBC with a ``GoalMLP`` (Adam, cosine decay from ``cfg.lr``); returns (logits table
     (s, g, a) for every pair, metrics averaged over log windows)."""
+    check_dataset(data, n_states)
     if width < 1 or log_every < 1:
         raise ValueError(f"width and log_every must be >= 1, got {width}, {log_every}")
     k_init, k_train = jax.random.split(key)
