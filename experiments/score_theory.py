@@ -64,6 +64,8 @@ class Config:
         require_positive(self, "draws", "n_test", "holdout_max", "k_max", "points_per_decade", "width", "network_steps", "network_draws")
         if not self.ns or min(self.ns) < 2:
             raise ValueError(f"ns must be training-set sizes >= 2, got {self.ns}")
+        if list(self.ns) != sorted(set(self.ns)):
+            raise ValueError(f"ns must be distinct and increasing, got {self.ns}")
         if self.network_max_n < 0:
             raise ValueError(f"network_max_n must be >= 0, got {self.network_max_n}")
         if self.width % 2:
@@ -114,7 +116,7 @@ def _kernel_curves(k_train, predict, data, ks, sizes):
 
 
 def _stats(x) -> dict:
-    return {"mean": float(np.mean(x)), "std": float(np.std(x)), "min": float(np.min(x)),
+    return {"mean": float(np.mean(x)), "std": float(np.std(x, ddof=1)) if len(x) > 1 else 0.0, "min": float(np.min(x)),
             "max": float(np.max(x))}
 
 

@@ -290,6 +290,13 @@ def test_bad_input_is_refused_clearly():
         S.KernelGD(np.eye(3), np.ones(3)).predict(np.ones((2, 4)), [1])
     with pytest.raises(ValueError, match="even width"):
         S.TwoLayerNet(7)
+    params = {"w": jnp.ones((3,))}
+    column = lambda p, z: (z @ p["w"])[:, None]  # noqa: E731  (B, 1), not (B,)
+    for fn in (S.empirical_ntk, S.tangent_features):
+        with pytest.raises(ValueError, match=r"to \(B,\) outputs, got \(2, 1\)"):
+            fn(column, params, np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"to \(B,\) outputs, got \(\)"):
+        S.ntk_matvec(lambda p, z: jnp.sum(z @ p["w"]), params, np.ones((4, 3)), np.ones((4, 3)), np.ones(4))
     with pytest.raises(ValueError, match="do not match"):
         S.excess_risk(np.ones(3), np.ones(4))
     with pytest.raises(ValueError, match="k_max >= 1"):

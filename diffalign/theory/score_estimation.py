@@ -222,6 +222,16 @@ def analytic_ntk(z1, z2=None) -> np.ndarray:
     return out
 
 
+def _check_output(apply_fn: Callable, params, z) -> None:
+    """apply_fn must map (B, d) inputs to (B,) outputs (checked by shape inference, no compute)."""
+    try:
+        out = jax.eval_shape(apply_fn, params, jax.ShapeDtypeStruct((2, z.shape[1]), jnp.float64))
+    except Exception as e:  # a network that cannot take (B, d) inputs at all
+        raise ValueError(f"apply_fn must map (B, {z.shape[1]}) inputs to (B,) outputs; it failed on (2, {z.shape[1]}): {e}") from e
+    if getattr(out, "shape", None) != (2,):
+        raise ValueError(f"apply_fn must map (B, d) inputs to (B,) outputs, got {getattr(out, 'shape', out)} for B = 2")
+
+
 def _jacobian_fn(apply_fn: Callable, params):
     """z (B, d) -> J (B, P): rows d f(params, z_b) / d params, one ``jax.vjp`` per input."""
     flat, unravel = ravel_pytree(params)
@@ -246,10 +256,9 @@ def tangent_features(apply_fn: Callable, params, z, block: int = 1024) -> np.nda
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
     with jax.enable_x64(True):
+        _check_output(apply_fn, _as_x64(params), z)
         jac, _ = _jacobian_fn(apply_fn, _as_x64(params))
         rows = [np.asarray(jac(jnp.asarray(z[i:i + block]))) for i in range(0, z.shape[0], block)]
-    if rows[0].ndim != 2:
-        raise ValueError("apply_fn must map (B, d) inputs to (B,) scalar outputs")
     return np.concatenate(rows)
 
 
@@ -264,10 +273,9 @@ def empirical_ntk(apply_fn: Callable, params, z1, z2=None, block: int = 1024) ->
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
     with jax.enable_x64(True):
+        _check_output(apply_fn, _as_x64(params), z1)
         jac, _ = _jacobian_fn(apply_fn, _as_x64(params))
         j2 = jac(jnp.asarray(z2))
-        if j2.ndim != 2:
-            raise ValueError("apply_fn must map (B, d) inputs to (B,) scalar outputs")
         if same and z1.shape[0] <= block:
             return np.asarray(j2 @ j2.T)
         out = np.empty((z1.shape[0], z2.shape[0]))
@@ -284,6 +292,7 @@ def ntk_matvec(apply_fn: Callable, params, z1, z2, v) -> np.ndarray:
         raise ValueError(f"v must have shape ({z2.shape[0]},), got {v.shape}")
     with jax.enable_x64(True):
         p = _as_x64(params)
+        _check_output(apply_fn, p, z1)
         _, pull = jax.vjp(lambda q: apply_fn(q, jnp.asarray(z2)), p)
         (u,) = pull(jnp.asarray(v))
         _, out = jax.jvp(lambda q: apply_fn(q, jnp.asarray(z1)), (p,), (u,))
