@@ -7,14 +7,12 @@ import pytest
 
 from diffalign.sampling.heat_anneal import heat_anneal
 from diffalign.sde import get_sde
+from experiments.str2str import WELL_MEANS, WELL_STD, WELL_WEIGHTS, exact_well_probabilities, well_fractions
 
-# 0.5 N((-1.5, 0), 0.35^2 I) + 0.3 N((1.5, 0), .) + 0.2 N((0, 2), .); VP SDE, beta 0.1 -> 20
-W = np.array([0.5, 0.3, 0.2])
-MU = np.array([[-1.5, 0.0], [1.5, 0.0], [0.0, 2.0]])
-S = 0.35
-SDE = get_sde("vp")
+# the three-well landscape and its exact reference live with the experiment that uses them
+W, MU, S = WELL_WEIGHTS, WELL_MEANS, WELL_STD  # 0.5 / 0.3 / 0.2 at (-1.5, 0), (1.5, 0), (0, 2); std 0.35
+SDE = get_sde("vp")  # beta 0.1 -> 20, as the experiment's (the reference depends only on the marginal at t_delta)
 N = 20_000
-
 
 def score(x, t):
     """The exact score of p_t: a mixture with means alpha mu_k and variances alpha^2 s^2 + 1 - alpha^2."""
@@ -25,33 +23,20 @@ def score(x, t):
     return jnp.sum(r[..., None] * -d / var[..., None], 1)
 
 
-def exact_basin_probabilities(t_delta, n=1_000_000):
-    """E over x_t ~ q(. | mu_A) of the posterior well responsibilities (Monte Carlo, float64)."""
-    a, std = (float(v[0]) for v in SDE.marginal(jnp.ones(1), jnp.full((1,), t_delta)))
-    x = a * MU[0] + std * np.random.default_rng(0).standard_normal((n, 2))
-    logp = np.log(W) - 0.5 * ((x[:, None] - a * MU[None]) ** 2).sum(-1) / (a**2 * S**2 + std**2)
-    r = np.exp(logp - logp.max(1, keepdims=True))
-    return (r / r.sum(1, keepdims=True)).mean(0)
-
-
-def basin_fractions(x):
-    return np.bincount(np.argmin(((np.asarray(x)[:, None] - MU[None]) ** 2).sum(-1), -1), minlength=3) / len(x)
-
-
 def anneal(t_delta, method):
     run = jax.jit(lambda k: heat_anneal(k, score, SDE, jnp.asarray(MU[0], jnp.float32), t_delta, 400,
                                         method=method, replicas=N))
-    return basin_fractions(run(jax.random.key(1)))
+    return well_fractions(run(jax.random.key(1)))
 
 
 def test_the_exact_reference_is_the_published_one():
-    np.testing.assert_allclose(exact_basin_probabilities(0.3), [0.783, 0.106, 0.111], atol=2e-3)
-    np.testing.assert_allclose(exact_basin_probabilities(0.5), [0.561, 0.255, 0.184], atol=2e-3)
+    np.testing.assert_allclose(exact_well_probabilities(0.3), [0.783, 0.106, 0.111], atol=2e-3)
+    np.testing.assert_allclose(exact_well_probabilities(0.5), [0.561, 0.255, 0.184], atol=2e-3)
 
 
 @pytest.mark.parametrize("t_delta", [0.2, 0.3, 0.5, 0.7])
 def test_sde_annealing_lands_in_each_well_with_the_exact_probabilities(t_delta):
-    exact = exact_basin_probabilities(t_delta)
+    exact = exact_well_probabilities(t_delta)
     got = anneal(t_delta, "sde")
     se = np.sqrt(exact * (1 - exact) / N)
     assert np.all(np.abs(got - exact) <= 3 * se + 1e-3), (got, exact, se)
@@ -103,5 +88,5 @@ def test_the_released_samplers_deviations_over_anneal():
                                              replicas=4000, str2str_compat=compat))(jax.random.key(0))
 
     assert abs(rms(run(0.25, False)) - 0.495) < 0.03 and abs(rms(run(0.25, True)) - 0.08) < 0.02
-    np.testing.assert_allclose(basin_fractions(run(0.7, True)), [0.884, 0.098, 0.018], atol=0.02)
-    np.testing.assert_allclose(basin_fractions(run(0.7, False)), [0.544, 0.265, 0.191], atol=0.02)
+    np.testing.assert_allclose(well_fractions(run(0.7, True)), [0.884, 0.098, 0.018], atol=0.02)
+    np.testing.assert_allclose(well_fractions(run(0.7, False)), [0.544, 0.265, 0.191], atol=0.02)
