@@ -232,15 +232,27 @@ def _check_output(apply_fn: Callable, params, z) -> None:
         raise ValueError(f"apply_fn must map (B, d) inputs to (B,) outputs, got {getattr(out, 'shape', out)} for B = 2")
 
 
+_JACOBIANS: dict = {}  # (apply_fn, params structure) -> the compiled Jacobian, built once
+
+
 def _jacobian_fn(apply_fn: Callable, params):
-    """z (B, d) -> J (B, P): rows d f(params, z_b) / d params, one ``jax.vjp`` per input."""
+    """z (B, d) -> J (B, P): rows d f(params, z_b) / d params, one ``jax.vjp`` per input.
+
+    The jitted function takes the flat parameters as an argument, so it is built once per
+    (apply_fn, parameter structure) and reused across calls (draws, blocks)."""
     flat, unravel = ravel_pytree(params)
+    key = (apply_fn, jax.tree.structure(params), tuple((a.shape, a.dtype) for a in jax.tree.leaves(params)))
+    if key not in _JACOBIANS:
+        def rows(flat_p, z):
+            def row(zb):
+                _, pull = jax.vjp(lambda p: apply_fn(unravel(p), zb[None])[0], flat_p)
+                return pull(jnp.ones((), flat_p.dtype))[0]
 
-    def row(z):
-        _, pull = jax.vjp(lambda p: apply_fn(unravel(p), z[None])[0], flat)
-        return pull(jnp.ones((), flat.dtype))[0]
+            return jax.vmap(row)(z)
 
-    return jax.jit(jax.vmap(row)), flat
+        _JACOBIANS[key] = jax.jit(rows)
+    jac = _JACOBIANS[key]
+    return (lambda z: jac(flat, z)), flat
 
 
 def _as_x64(params):
