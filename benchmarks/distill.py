@@ -75,7 +75,7 @@ def speedups(sweep: str, repeats: int) -> dict:
     from diffalign.metrics import wasserstein2
     from diffalign.paths import Predictor
     from diffalign.sampling import sample
-    from experiments import distill as D
+    from diffalign.experiments import distill as D
 
     out = {}
     teacher_table = None
@@ -87,8 +87,8 @@ def speedups(sweep: str, repeats: int) -> dict:
         cfg, task, teacher, d, state = D.load_run(run_dir)
         z = jax.random.normal(jax.random.key(31337), (cfg.num_samples, 2))
         ref = task.reference
-        _, s_time, _ = timed(lambda z: d.sample(state.eval_experts(), z, jax.random.key(2)), z, repeats=repeats)
-        xs = np.asarray(jax.jit(lambda z: d.sample(state.eval_experts(), z, jax.random.key(2)))(z))
+        _, s_time, _ = timed(lambda z: d.sample(d.generator_params(state), z, jax.random.key(2)), z, repeats=repeats)
+        xs = np.asarray(jax.jit(lambda z: d.sample(d.generator_params(state), z, jax.random.key(2)))(z))
         s_w2 = wasserstein2(xs, ref)
         if teacher_table is None:
             pred = Predictor(lambda x, t: task.apply_fn(teacher, x, t), d.path, "velocity")

@@ -15,19 +15,19 @@ import sys
 # subcommand -> (module under experiments/, one-line summary); a module is imported only when
 # its subcommand runs, so a missing optional extra of one experiment does not block the others.
 EXPERIMENTS = {
-    "toy2d": ("experiments.toy2d", "2-D toys: flow matching (I-CFM, OT-CFM, rectified flow) and DSM (VP, sub-VP, VE)"),
-    "toy2d-table": ("experiments.toy2d_table", "the published 2-D flow-matching comparisons, over training seeds"),
-    "digits": ("experiments.digits", "class-conditional diffusion on scikit-learn's 8x8 digits, with guidance and bits/dim"),
-    "align": ("experiments.align", "reward alignment of a pretrained flow model: AWM, DDPO / Flow-GRPO, preference objectives"),
-    "align-sweep": ("experiments.align_sweep", "AWM vs the DDPO baseline on the ring: learning rates x seeds, and the beta sweep"),
-    "distill": ("experiments.distill", "distil a flow teacher into a 1- or few-step generator: DMD, DMD2, Phased DMD, TDM"),
-    "distill-sweep": ("experiments.distill_sweep", "every distillation method on the 2-D toys, over seeds"),
-    "distill-graphs": ("experiments.distill_graphs", "DMD2 on GDSS: a trained graph model becomes a few-step graph generator"),
-    "graphs": ("experiments.graphs", "GDSS graph generation: `graphs train|sample|evaluate`"),
-    "str2str": ("experiments.str2str", "Str2Str heating-annealing: zero-shot conformation sampling with a learned score"),
-    "smore": ("experiments.smore", "SMORe offline goal-conditioned RL on a four-rooms grid world, against GCBC"),
-    "symmflow": ("experiments.symmflow", "Symmetrical Flow Matching: generation and one-step classification in one flow"),
-    "score-theory": ("experiments.score_theory", "early stopping in score matching: kernel and network regression views"),
+    "toy2d": ("diffalign.experiments.toy2d", "2-D toys: flow matching (I-CFM, OT-CFM, rectified flow) and DSM (VP, sub-VP, VE)"),
+    "toy2d-table": ("diffalign.experiments.toy2d_table", "the published 2-D flow-matching comparisons, over training seeds"),
+    "digits": ("diffalign.experiments.digits", "class-conditional diffusion on scikit-learn's 8x8 digits, with guidance and bits/dim"),
+    "align": ("diffalign.experiments.align", "reward alignment of a pretrained flow model: AWM, DDPO / Flow-GRPO, preference objectives"),
+    "align-sweep": ("diffalign.experiments.align_sweep", "AWM vs the DDPO baseline on the ring: learning rates x seeds, and the beta sweep"),
+    "distill": ("diffalign.experiments.distill", "distil a flow teacher into a 1- or few-step generator: DMD, DMD2, Phased DMD, TDM"),
+    "distill-sweep": ("diffalign.experiments.distill_sweep", "every distillation method on the 2-D toys, over seeds"),
+    "distill-graphs": ("diffalign.experiments.distill_graphs", "DMD2 on GDSS: a trained graph model becomes a few-step graph generator"),
+    "graphs": ("diffalign.experiments.graphs", "GDSS graph generation: `graphs train|sample|evaluate`"),
+    "str2str": ("diffalign.experiments.str2str", "Str2Str heating-annealing: zero-shot conformation sampling with a learned score"),
+    "smore": ("diffalign.experiments.smore", "SMORe offline goal-conditioned RL on a four-rooms grid world, against GCBC"),
+    "symmflow": ("diffalign.experiments.symmflow", "Symmetrical Flow Matching: generation and one-step classification in one flow"),
+    "score-theory": ("diffalign.experiments.score_theory", "early stopping in score matching: kernel and network regression views"),
 }
 
 
@@ -57,7 +57,7 @@ def experiment_parser(name: str, argv: list[str]):
     An experiment module either has one ``Config`` and ``run``, or a ``COMMANDS`` table of
     ``name -> (Config, run, summary)`` (``diffalign graphs train|sample|evaluate``).
     """
-    from experiments.common import add_config_arguments
+    from diffalign.config import add_config_arguments
 
     module = importlib.import_module(EXPERIMENTS[name][0])
     prog = f"diffalign {name}"
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     from diffalign.distributed.multihost import initialize_from_env
 
     initialize_from_env()  # a process started by `diffalign launch` or a cluster script
-    from experiments.common import config_from_args
+    from diffalign.config import config_from_args
 
     if not argv or argv[0] not in EXPERIMENTS:
         top = _top_parser()

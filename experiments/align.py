@@ -34,7 +34,8 @@ from diffalign.losses import flow_matching_loss
 from diffalign.models import MLP, functional
 from diffalign.training import NonFiniteLossError, init_train_state, make_optimizer, make_train_step, train
 
-from .common import Timer, field, prepare_out, require_positive, validate_choices, write_results
+from diffalign.config import field, require_positive, validate_choices
+from diffalign.results import Timer, prepare_out, write_results
 
 NAME = "align"
 DESCRIPTION = (

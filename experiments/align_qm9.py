@@ -29,7 +29,7 @@ from diffalign.graphs.align import awm_graph_loss, qed_reward, qed_scores
 from diffalign.graphs.gdss import build_model, sample_flags, sampler
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
 
-from .common import Timer, prepare_out, write_json, write_results
+from diffalign.results import Timer, prepare_out, write_json, write_results
 
 
 def _load_gdss(run_dir: str):

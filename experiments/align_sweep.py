@@ -18,7 +18,8 @@ import time
 import numpy as np
 
 from . import align as A
-from .common import Timer, field, prepare_out, write_json, write_results
+from diffalign.config import field
+from diffalign.results import Timer, prepare_out, write_json, write_results
 
 NAME = "align-sweep"
 DESCRIPTION = "AWM vs the DDPO / Flow-GRPO baseline on the ring: learning rates x seeds, and AWM's beta sweep."

@@ -26,7 +26,8 @@ from diffalign.sampling import SAMPLERS, bits_per_dim, guided, log_likelihood, s
 from diffalign.sde import SDE
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
 
-from .common import Timer, field, prepare_out, require_positive, validate_choices, write_results
+from diffalign.config import field, require_positive, validate_choices
+from diffalign.results import Timer, prepare_out, write_results
 
 NAME = "digits"
 DESCRIPTION = (

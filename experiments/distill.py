@@ -27,7 +27,8 @@ from diffalign.paths import LinearPath, Predictor
 from diffalign.sampling import sample
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
 
-from .common import Timer, field, prepare_out, require_positive, validate_choices, write_results
+from diffalign.config import field, require_positive, validate_choices
+from diffalign.results import Timer, prepare_out, write_results
 
 NAME = "distill"
 DESCRIPTION = (
@@ -327,7 +328,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
             desc=f"{cfg.method}",
         )
     state = result.state
-    gen = jax.jit(lambda x, k: distiller.sample(state.eval_experts(), x, k))
+    gen = jax.jit(lambda x, k: distiller.sample(distiller.generator_params(state), x, k))
     k_s = jax.random.fold_in(jax.random.key(cfg.seed), 2)
     gen.lower(z, k_s).compile()
     t0 = time.perf_counter()
@@ -338,7 +339,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     if cfg.steps_choices:  # the steps-aware student at each of its K
         metrics["student_by_steps"] = {}
         for k in cfg.steps_choices:
-            xk = np.asarray(jax.jit(lambda x, kk, k=k: distiller.sample(state.eval_experts(), x, kk, steps=k))(z, k_s))
+            xk = np.asarray(jax.jit(lambda x, kk, k=k: distiller.sample(distiller.generator_params(state), x, kk, steps=k))(z, k_s))
             metrics["student_by_steps"][str(k)] = {**task.evaluate(xk), "nfe": k}
             samples[f"student_{k}steps"] = xk
     metrics["student_nfe"] = K
@@ -348,7 +349,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
         metrics["student_over_teacher_w2"] = metrics["student_w2"] / metrics["teacher_w2"]
         metrics["teacher_few_step_w2"] = metrics["teacher_few_step_best"]["w2"]
     metrics["sampling_speedup"] = metrics["teacher"]["sample_s"] / max(student_secs, 1e-9)
-    metrics["fake_updates"] = int(state.fake_updates)
+    metrics["fake_updates"] = int(distiller.fake_updates_done(state))
     metrics["final_metrics"] = result.summary["final_metrics"]
 
     np.savez(os.path.join(out, "samples.npz"), reference=task.reference, noise=np.asarray(z), **samples)

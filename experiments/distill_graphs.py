@@ -25,7 +25,8 @@ from diffalign.graphs.sampling import evaluations_per_step
 from diffalign.training import init_train_state, make_optimizer, train
 
 from . import graphs as G
-from .common import Timer, field, prepare_out, write_results
+from diffalign.config import field
+from diffalign.results import Timer, prepare_out, write_results
 
 NAME = "distill-graphs"
 DESCRIPTION = "DMD2 on GDSS: distil a trained `graphs train` run into a few-step graph generator; MMDs and sampling time."
@@ -128,7 +129,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
             desc="dmd2 (graphs)",
         )
     state = result.state
-    gen = jax.jit(lambda k, fl: d.sample(state.eval_experts(), k, fl))
+    gen = jax.jit(lambda k, fl: d.sample(d.generator_params(state), k, fl))
     with timer("student_sample"):
         per_seed, secs, graphs = _sample_scored(gen, data, cfg.sample_seeds, n, data.sample_batch(n))
     metrics["student"] = {**G._summary(per_seed, data.keys), "student_steps": cfg.student_steps,

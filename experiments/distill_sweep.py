@@ -18,7 +18,8 @@ import numpy as np
 from diffalign.distill import METHODS
 
 from . import distill as D
-from .common import Timer, field, prepare_out, write_results
+from diffalign.config import field
+from diffalign.results import Timer, prepare_out, write_results
 
 NAME = "distill-sweep"
 DESCRIPTION = "All four distillation methods on the 2-D toys (8 gaussians, moons, 25-mode grid), over seeds."

@@ -40,7 +40,8 @@ from diffalign.graphs.sampling import CORRECTORS, PREDICTORS, SOLVERS, evaluatio
 from diffalign.training import init_train_state, train
 from diffalign.checkpoint import Checkpointer
 
-from .common import Timer, field, prepare_out, require_positive, validate_choices, write_json, write_results
+from diffalign.config import field, require_positive, validate_choices
+from diffalign.results import Timer, prepare_out, write_json, write_results
 
 NAME = "graphs"
 DESCRIPTION = "GDSS score-based graph generation: train | sample | evaluate (MMDs of degree, clustering, orbits)."

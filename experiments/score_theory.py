@@ -21,7 +21,8 @@ import numpy as np
 
 from diffalign.theory import score_estimation as S
 
-from .common import Timer, field, prepare_out, require_positive, write_results
+from diffalign.config import field, require_positive
+from diffalign.results import Timer, prepare_out, write_results
 
 NAME = "score-theory"
 DESCRIPTION = (

@@ -21,7 +21,8 @@ import numpy as np
 from diffalign.gcrl import gridworld as G
 from diffalign.gcrl import smore as S
 
-from .common import Timer, field, prepare_out, require_positive, validate_choices, write_results
+from diffalign.config import field, require_positive, validate_choices
+from diffalign.results import Timer, prepare_out, write_results
 
 NAME = "smore"
 DESCRIPTION = (

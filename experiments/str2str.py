@@ -43,7 +43,8 @@ from diffalign.sampling.heat_anneal import heat_anneal
 from diffalign.sde import get_sde
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
 
-from .common import Timer, field, prepare_out, require_positive, write_results
+from diffalign.config import field, require_positive
+from diffalign.results import Timer, prepare_out, write_results
 
 NAME = "str2str"
 DESCRIPTION = (

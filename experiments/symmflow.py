@@ -31,7 +31,8 @@ from diffalign.metrics import frechet_distance, wasserstein2
 from diffalign.models import MLP, ResidualMLP, functional
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
 
-from .common import Timer, field, prepare_out, require_positive, validate_choices, write_results
+from diffalign.config import field, require_positive, validate_choices
+from diffalign.results import Timer, prepare_out, write_results
 
 NAME = "symmflow"
 DESCRIPTION = (

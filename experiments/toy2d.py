@@ -27,7 +27,8 @@ from diffalign.sampling import SAMPLERS, deterministic, log_likelihood, sample
 from diffalign.sde import get_sde
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
 
-from .common import Timer, field, prepare_out, require_positive, validate_choices, write_results
+from diffalign.config import field, require_positive, validate_choices
+from diffalign.results import Timer, prepare_out, write_results
 
 NAME = "toy2d"
 DESCRIPTION = (

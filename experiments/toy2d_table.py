@@ -32,7 +32,8 @@ from diffalign.data.toy2d import get_dataset, reference_set
 from diffalign.metrics import wasserstein2
 
 from . import toy2d
-from .common import Timer, field, prepare_out, write_results
+from diffalign.config import field
+from diffalign.results import Timer, prepare_out, write_results
 
 NAME = "toy2d-table"
 DESCRIPTION = (

@@ -241,7 +241,7 @@ def _distiller(method="dmd2", **kw):
 
 
 def _transform(name, out):
-    from diffalign.align import transforms
+    from diffalign.losses import transforms
 
     tr = getattr(transforms, name)()
     return tr.apply(out, tr.init(), jnp.zeros((), jnp.int32))

@@ -7,7 +7,7 @@ import pytest
 
 from diffalign.sampling.heat_anneal import heat_anneal
 from diffalign.sde import get_sde
-from experiments.str2str import WELL_MEANS, WELL_STD, WELL_WEIGHTS, exact_well_probabilities, well_fractions
+from diffalign.experiments.str2str import WELL_MEANS, WELL_STD, WELL_WEIGHTS, exact_well_probabilities, well_fractions
 
 # the three-well landscape and its exact reference live with the experiment that uses them
 W, MU, S = WELL_WEIGHTS, WELL_MEANS, WELL_STD  # 0.5 / 0.3 / 0.2 at (-1.5, 0), (1.5, 0), (0, 2); std 0.35

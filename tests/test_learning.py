@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from experiments import digits, toy2d
-from experiments.toy2d_table import RUNS
+from diffalign.experiments import digits, toy2d
+from diffalign.experiments.toy2d_table import RUNS
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_digits_guidance_and_likelihood(tmp_path):
 def test_awm_aligns_the_ring_within_50_epochs(tmp_path):
     # issue 4, demonstration 1 at its bar: >= 0.9 of the samples in the rewarded modes within 50
     # epochs of 512 rollouts, no NaN, drift bounded, off-manifold mass not above the base model's
-    from experiments import align
+    from diffalign.experiments import align
 
     align.run(align.Config(task="ring", method="awm", epochs=50, seed=1), str(tmp_path))
     with open(tmp_path / "results.json") as f:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffalign import align
+from diffalign import align, losses
 
 
 def _sig(x):
@@ -133,7 +133,7 @@ def test_reward_transforms():
 def test_transforms_compose():
     # weighted sums of transforms: 2 DPO + 0.5 RWR, with states and prefixed metrics
     beta = 10.0
-    both = align.combine((2.0, align.dpo(beta)), (0.5, align.rwr(0.5)))
+    both = losses.combine((2.0, align.dpo(beta)), (0.5, align.rwr(0.5)))
     out = _out(reward=jnp.array([1.0, 0.0, 2.0, 0.5]))
     loss, state, m = both.apply(out, both.init(), 0)
     dpo_value = np.mean(-np.log(_sig(beta / 2 * (G[:2] - G[2:]))))
@@ -144,7 +144,7 @@ def test_transforms_compose():
         align.dpo(beta).apply(_out(mask=jnp.ones(4)), (), 0)
     # reward transforms in front of AWM: the Lagrangian rewrites rewards before advantages
     lag = align.lagrangian(threshold=0.0, init_multiplier=1.0)
-    tr = align.with_rewards(lag, then=align.awm(weighting="uniform"))
+    tr = losses.with_rewards(lag, then=align.awm(weighting="uniform"))
     out = {"per_example": jnp.asarray(L, jnp.float32), "reward": jnp.array([1.0, 0.0, 1.0, 0.0]),
            "cost": jnp.array([2.0, 0.0, 0.0, 0.0])}
     state = tr.init()
@@ -154,4 +154,4 @@ def test_transforms_compose():
     np.testing.assert_allclose(loss, -np.mean(np.asarray(adv)), rtol=1e-5, atol=1e-7)
     assert float(m["multiplier"]) == 1.0 and float(jnp.exp(state[0][0]["log_lambda"])) > 1.0
     with pytest.raises(TypeError):
-        align.with_rewards(align.dpo(), then=align.awm())
+        losses.with_rewards(align.dpo(), then=align.awm())

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from diffalign import align
+from diffalign import align, losses
 from diffalign.align import rl
 from diffalign.models import MLP, functional
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
@@ -95,7 +95,7 @@ def test_awm_rows_share_times_and_carry_reference_gaps():
 def test_alignment_run_resumes_bit_identically(tmp_path):
     # the EMA anchor (aux) and a transform with state (a Lagrange multiplier) are checkpointed
     def make():
-        tr = align.with_rewards(align.lagrangian(threshold=0.0, rate=0.1), then=align.awm(beta=1e-3, beta_ema=1.0))
+        tr = losses.with_rewards(align.lagrangian(threshold=0.0, rate=0.1), then=align.awm(beta=1e-3, beta_ema=1.0))
         apply_fn, params = functional(MLP(2, (32, 32), activation="silu", time_features=8, rngs=nnx.Rngs(0)))
         base = rl.awm_loss(apply_fn, rl.flow_rollout(16, (2,), steps=4), lambda x, y: x[:, 0], num_times=2)
 

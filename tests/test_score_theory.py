@@ -318,7 +318,7 @@ def test_bad_input_is_refused_clearly():
 
 
 def test_config_refuses_bad_settings():
-    from experiments.score_theory import Config
+    from diffalign.experiments.score_theory import Config
 
     for kw, msg in [({"draws": 0}, "draws must be >= 1"), ({"width": 33}, "width must be even"),
                     ({"ns": (1, 100)}, "ns must be"), ({"holdout_fractions": (0.0,)}, "holdout_fractions"),
@@ -362,7 +362,7 @@ def test_cli_refuses_bad_arguments(tmp_path):
 
 
 def _run_metrics(tmp_path, **kw):
-    from experiments.score_theory import Config, run
+    from diffalign.experiments.score_theory import Config, run
 
     run(dataclasses.replace(Config(), **kw), str(tmp_path))
     with open(tmp_path / "results.json") as f:
@@ -372,7 +372,7 @@ def _run_metrics(tmp_path, **kw):
 @pytest.mark.slow
 def test_analytic_kernel_reproduces_the_reference_table(tmp_path):
     """Analytic NTK, n = 100 ... 3000, five draws (about 2 min on 2 busy cores)."""
-    from experiments.score_theory import REFERENCE
+    from diffalign.experiments.score_theory import REFERENCE
 
     m = _run_metrics(tmp_path, empirical=False, network_max_n=0)
     k_stars = []
@@ -406,7 +406,7 @@ def test_empirical_kernel_matches_the_analytic_kernel(tmp_path):
 @pytest.mark.slow
 def test_wide_network_tracks_the_kernel_curve_at_n300(tmp_path):
     """Width 2 x 1024, both layers trained, full-batch GD with step n / lam_max, three draws."""
-    from experiments.score_theory import Config, run
+    from diffalign.experiments.score_theory import Config, run
 
     cfg = dataclasses.replace(Config(), ns=(300,), draws=3, empirical=False)
     run(cfg, str(tmp_path))

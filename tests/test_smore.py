@@ -215,7 +215,7 @@ def test_gcbc_imitates_a_single_action():
 
 
 def test_bad_configs_are_refused():
-    from experiments.smore import Config
+    from diffalign.experiments.smore import Config
 
     with pytest.raises(ValueError, match="loss must be one of"):
         S.SMOReConfig(loss="iql")
@@ -272,7 +272,7 @@ def test_smore_smoke_keeps_the_contract(tmp_path):
 def full_run(tmp_path_factory):
     """The default experiment (3 fractions x 3 seeds) without the MLP baseline (its own key:
     the other numbers are the same with it), run once for the claim tests."""
-    from experiments.smore import Config, run
+    from diffalign.experiments.smore import Config, run
 
     out = str(tmp_path_factory.mktemp("smore_full"))
     run(Config(gcbc_mlp=False), out)
@@ -312,7 +312,7 @@ def test_gap_grows_as_expert_fraction_shrinks(full_run):
 def test_smore_at_least_mlp_gcbc(tmp_path):
     """Against the stronger baseline (GCBC with an MLP that generalises across goals), one seed:
     SMORe is at least as good, and the gap is larger with 2 % than with 50 % expert data."""
-    from experiments.smore import Config, run
+    from diffalign.experiments.smore import Config, run
 
     run(Config(fractions=(0.5, 0.02), seeds=(0,), gcbc_mlp=True), str(tmp_path))
     with open(tmp_path / "results.json") as f:

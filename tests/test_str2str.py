@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from diffalign.data.chains import hairpin, helix, nearest_state, two_state_trajectory
-from experiments import str2str as S
+from diffalign.experiments import str2str as S
 from clitools import cli
 
 

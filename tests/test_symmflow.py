@@ -202,7 +202,7 @@ def test_bad_inputs_are_refused_clearly():
         S.label_embeddings(1)
     with pytest.raises(ValueError, match="agree in K"):
         S.gaussian_class_velocity(jnp.zeros((3, 2)), 1.0, S.label_embeddings(2))
-    from experiments.symmflow import Config
+    from diffalign.experiments.symmflow import Config
 
     with pytest.raises(ValueError, match="task"):
         Config(task="cifar")
@@ -214,7 +214,7 @@ def test_bad_inputs_are_refused_clearly():
 
 
 def _fast_moons_config():
-    from experiments.symmflow import Config
+    from diffalign.experiments.symmflow import Config
 
     return dataclasses.replace(Config(), task="moons", moons_steps=1500, moons_width=64, moons_eval=500,
                                steps_per_call=500, gen_steps=10, cls_steps=4)
@@ -222,7 +222,7 @@ def _fast_moons_config():
 
 def test_moons_one_step_classification_reaches_95_percent():
     """The acceptance bar, one seed, a short run (the three-seed default run is in the slow tier)."""
-    from experiments.symmflow import moons_references, run_moons
+    from diffalign.experiments.symmflow import moons_references, run_moons
 
     cfg = _fast_moons_config()
     m, _ = run_moons(cfg, 0)
@@ -267,7 +267,7 @@ def test_cli_smoke_both_tasks(tmp_path):
 
 @pytest.mark.slow  # ~1.5 min on 2 cores
 def test_moons_default_run_over_three_seeds():
-    from experiments.symmflow import Config, moons_references, run_moons
+    from diffalign.experiments.symmflow import Config, moons_references, run_moons
 
     cfg = Config(task="moons")
     floor = moons_references(cfg)["w2_floor_mean"]
@@ -281,7 +281,7 @@ def test_moons_default_run_over_three_seeds():
 @pytest.mark.slow  # ~1.5 min on 2 cores
 def test_digits_default_run_one_seed():
     from diffalign.data import digits as D
-    from experiments.symmflow import Config, _logreg, digits_references, run_digits
+    from diffalign.experiments.symmflow import Config, _logreg, digits_references, run_digits
 
     cfg = Config(task="digits")
     train_set, test_set = D.load_digits()

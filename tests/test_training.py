@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from diffalign.align import mean, weighted
+from diffalign.losses import mean, weighted
 from diffalign.checkpoint import CheckpointError, Checkpointer
 from diffalign.distributed import make_mesh
 from diffalign.losses import flow_matching_loss

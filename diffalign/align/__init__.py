@@ -1,7 +1,7 @@
 """Alignment as a loss transform.
 
-* ``transforms``: the interface (``LossTransform``), ``mean``, ``weighted``, ``combine`` (weighted
-  sums of objectives), ``RewardTransform`` and ``with_rewards`` (reward-side transforms in front).
+The interface (``LossTransform``, ``RewardTransform``, ``mean``, ``weighted``, ``combine``,
+``with_rewards``) is the core's: ``diffalign.losses.transforms``. This package holds the objectives:
 * ``awm``: Advantage Weighted Matching's transform and group advantages.
 * ``preference``: Diffusion-DPO, RPO, Diffusion-KTO, BCO, LiPO-lambda, RWR.
 * ``rewards``: the log-sigmoid (LSC) reward transform, dynamic multi-objective weights, Lagrangian
@@ -28,11 +28,3 @@ from .preference import (
     rwr as rwr,
 )
 from .rewards import dynamic_weights as dynamic_weights, lagrangian as lagrangian, log_sigmoid_reward as log_sigmoid_reward
-from .transforms import (
-    LossTransform as LossTransform,
-    RewardTransform as RewardTransform,
-    combine as combine,
-    mean as mean,
-    weighted as weighted,
-    with_rewards as with_rewards,
-)

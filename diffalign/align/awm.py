@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .transforms import LossTransform, _masked_mean, _per_example
+from ..losses.transforms import LossTransform, masked_mean, per_example_of
 
 WEIGHTINGS = ("ghuber", "uniform")
 
@@ -71,7 +71,7 @@ def awm(*, weighting: str = "ghuber", clip_eps: float = 1.0, beta: float = 0.0, 
 
     def apply(out, state, step):
         del step
-        loss = _per_example(out)
+        loss = per_example_of(out)
         if weighting == "ghuber" and "t" not in out:
             raise KeyError("the awm transform with ghuber weighting reads the rows' times out['t'], which is missing")
         adv = jax.lax.stop_gradient(advantages(out)).astype(loss.dtype)
@@ -79,14 +79,14 @@ def awm(*, weighting: str = "ghuber", clip_eps: float = 1.0, beta: float = 0.0, 
         old = jax.lax.stop_gradient(out["logp_old"] if "logp_old" in out else logp)
         ratio = jnp.exp(logp - old)
         policy = jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps))
-        total = _masked_mean(policy, out)
+        total = masked_mean(policy, out)
         clipped = (jnp.abs(ratio - 1.0) > clip_eps).astype(loss.dtype)
-        metrics = {"policy_loss": total, "ratio_clipped": _masked_mean(clipped, out)}
+        metrics = {"policy_loss": total, "ratio_clipped": masked_mean(clipped, out)}
         for name, coef in (("drift_ref", beta), ("drift_ema", beta_ema)):
             if coef:
                 if name not in out:
                     raise KeyError(f"awm with a non-zero weight on {name} reads out[{name!r}], which is missing")
-                term = _masked_mean(out[name], out)
+                term = masked_mean(out[name], out)
                 total = total + coef * term
                 metrics[name] = term
         return total, state, metrics

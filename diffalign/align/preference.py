@@ -26,7 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .transforms import LossTransform, _per_example, combine
+from ..losses.transforms import LossTransform, per_example_of, combine
 
 
 def _need(out, *keys):
@@ -39,7 +39,7 @@ def implicit_reward(out) -> jax.Array:
     """g = l_ref - l_theta per example (gradient through l_theta only)."""
     _need(out, "ref_loss")
     _no_mask(out)
-    loss = _per_example(out)
+    loss = per_example_of(out)
     ref = jax.lax.stop_gradient(out["ref_loss"]).astype(loss.dtype)
     if ref.shape != loss.shape:
         raise ValueError(f"ref_loss has shape {ref.shape}, per_example {loss.shape}")
@@ -167,7 +167,7 @@ def rwr(temperature: float = 0.2) -> LossTransform:
 
     def apply(out, state, step):
         del step
-        loss = _per_example(out)
+        loss = per_example_of(out)
         _need(out, "reward")
         _no_mask(out)
         w = jax.nn.softmax(jax.lax.stop_gradient(out["reward"]).astype(loss.dtype) / temperature)
@@ -180,7 +180,7 @@ def chosen_mean() -> LossTransform:
     """The mean matching loss of the chosen half of a [chosen; rejected] batch (RPO's SFT term)."""
     def apply(out, state, step):
         _no_mask(out)
-        return jnp.mean(_halves(_per_example(out))[0]), state, {}
+        return jnp.mean(_halves(per_example_of(out))[0]), state, {}
 
     return LossTransform(lambda: (), apply)
 

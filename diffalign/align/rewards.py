@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .transforms import RewardTransform
+from ..losses.transforms import RewardTransform
 
 
 def _rewards(out, ndim: int | None = None):

@@ -39,10 +39,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
 from ..paths.base import AffinePath, LinearPath, bcast
 from ..paths.conversions import Predictor
+from ..training import Group, TrainState, init_group_state, make_group_step
 from . import objectives as O
 
 METHODS = ("dmd", "dmd2", "phased-dmd", "tdm")
@@ -60,35 +60,6 @@ def labels_from_null(params):
         return leaf
 
     return jax.tree_util.tree_map_with_path(fix, params)
-
-
-@struct.dataclass
-class DistillState:
-    """The whole of a distillation run, as one pytree (checkpointed by the training loop).
-
-    Attributes:
-      experts: generator parameters stacked over experts (leading axis = phases; 1 otherwise).
-      generator_opt: optax state of ``experts``.
-      ema: EMA of ``experts`` (``None`` when off); sample with ``eval_experts()``.
-      fake / fake_opt: the fake score's parameters and optax state.
-      step: generator updates done.
-      fake_updates: fake-score updates done.
-      phase: the phase being trained (Phased DMD; 0 otherwise).
-      key: base PRNG key; step n uses fold_in(key, n).
-    """
-
-    experts: Any
-    generator_opt: Any
-    ema: Any
-    fake: Any
-    fake_opt: Any
-    step: jax.Array
-    fake_updates: jax.Array
-    phase: jax.Array
-    key: jax.Array
-
-    def eval_experts(self):
-        return self.experts if self.ema is None else self.ema
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,24 +182,25 @@ class Distiller:
         return jax.tree.map(lambda p: p[e], experts)
 
     # -- state -----------------------------------------------------------------------------
-    def init(self, key) -> DistillState:
-        """Generator experts and fake score start from the teacher (the papers' initialisation)."""
+    def init(self, key) -> TrainState:
+        """The run's TrainState: parameter groups ``generator`` (experts stacked on a leading axis)
+        and ``fake``, both starting from the teacher (the papers' initialisation); the phase of
+        Phased DMD in ``aux``. Sample with ``generator_params(state)``."""
         if not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
             raise TypeError("Distiller.init needs a typed PRNG key: use jax.random.key(seed)")
         start = self.teacher if self.init_fn is None else self.init_fn(self.teacher)
         experts = jax.tree.map(lambda p: jnp.stack([p] * self.phases), start)
-        fake = jax.tree.map(jnp.copy, start)
-        return DistillState(
-            experts=experts,
-            generator_opt=self.generator_optimizer.init(experts),
-            ema=jax.tree.map(jnp.copy, experts) if self.ema_decay > 0 else None,
-            fake=fake,
-            fake_opt=self.fake_optimizer.init(fake),
-            step=jnp.zeros((), jnp.int32),
-            fake_updates=jnp.zeros((), jnp.int32),
-            phase=jnp.zeros((), jnp.int32),
-            key=key,
-        )
+        aux = {"phase": jnp.zeros((), jnp.int32)} if self.method == "phased-dmd" else None
+        return init_group_state({"fake": start, "generator": experts}, self._groups(), key, aux=aux)
+
+    @staticmethod
+    def generator_params(state: TrainState):
+        """The generator's experts to sample with (its EMA when it keeps one)."""
+        return state.eval_params()["generator"]
+
+    def fake_updates_done(self, state: TrainState):
+        """Fake-score updates so far (``num_fake_updates`` per generator update)."""
+        return state.step * self.num_fake_updates
 
     # -- the generator -----------------------------------------------------------------------
     def _move(self, x0, eps_hat, t_next, noise):
@@ -372,84 +344,74 @@ class Distiller:
         return loss, {"loss_dm": loss}
 
     # -- the step ---------------------------------------------------------------------------
-    def make_step(self) -> Callable:
-        """The pure ``step(state, batch) -> (state, metrics)`` for ``diffalign.training.train``."""
+    def _variants(self):
+        return [self.for_steps(k) for k in self.steps_choices] or [self]
+
+    def _on_variant(self, key, make):
+        """``make(v)()`` for this update's K (steps-aware TDM: K ~ U(steps_choices)), else ``make(self)()``."""
+        variants = self._variants()
+        if len(variants) == 1:
+            return make(variants[0])()
+        i = jax.random.randint(jax.random.fold_in(key, 7), (), 0, len(variants))
+        return jax.lax.switch(i, [make(v) for v in variants])
+
+    def _phase(self, aux):
+        return jnp.zeros((), jnp.int32) if aux is None else aux["phase"]
+
+    def _fake_loss_fn(self, params, batch, key, aux):
+        """Per-example fake-score loss on fresh (detached) generator samples."""
+        del batch
         clamp = None if self.method in ("dmd", "dmd2") else self.clamp
-        gopt, fopt = self.generator_optimizer, self.fake_optimizer
-        variants = [self.for_steps(k) for k in self.steps_choices] or [self]
+        k_s, k_l = jax.random.split(key)
+        experts, phase = params["generator"], self._phase(aux)
 
-        def choose(key):
-            """The index of this step's K (steps-aware TDM: K ~ U(steps_choices)); 0 otherwise."""
-            return jax.random.randint(jax.random.fold_in(key, 7), (), 0, len(variants))
-
-        def on_variant(i, make):
-            return make(variants[0])() if len(variants) == 1 else jax.lax.switch(i, [make(v) for v in variants])
-
-        def fake_loss(fake, x_s, s, key, t_max, i):
-            if self.steps_choices:
-                fn = lambda p, x, t: self.apply_fn(p, x, t, jnp.full((x.shape[0],), i, jnp.int32))  # noqa: E731
-            else:
+        def for_variant(v):
+            def run():
+                x_s, s, t_max = self._branch(phase, lambda p: lambda: v.fake_sample(experts, p, k_s))
                 fn = self.apply_fn
-            return O.subinterval_fm_loss(fn, self.path, self.parametrization, clamp=clamp)(fake, x_s, s, key, t_max)
+                if self.steps_choices:
+                    i = self.steps_choices.index(v.student_steps)
+                    fn = lambda p, x, t: self.apply_fn(p, x, t, jnp.full((x.shape[0],), i, jnp.int32))  # noqa: E731
+                return O.subinterval_fm_loss(fn, self.path, self.parametrization, clamp=clamp)(
+                    params["fake"], x_s, s, k_l, t_max)
+            return run
 
-        def fake_update(carry, key, experts, phase):
-            fake, opt_state = carry
-            k_s, k_l = jax.random.split(key)
-            i = choose(key)
-            x_s, s, t_max = on_variant(i, lambda v: lambda: self._branch(phase, lambda p: lambda: v.fake_sample(experts, p, k_s)))
-            loss, grads = jax.value_and_grad(lambda f: jnp.mean(fake_loss(f, x_s, s, k_l, t_max, i)))(fake)
-            updates, opt_state = fopt.update(grads, opt_state, fake)
-            return (optax.apply_updates(fake, updates), opt_state), loss
+        return {"per_example": self._on_variant(key, for_variant)}
 
-        def step(state: DistillState, batch):
-            key = jax.random.fold_in(state.key, state.step)
-            k_fake, k_gen = jax.random.split(key)
-            phase = jnp.minimum(state.step // (self.steps_per_phase or 1), self.phases - 1).astype(jnp.int32)
-            fake, fake_opt, gen_opt = state.fake, state.fake_opt, state.generator_opt
-            if self.method == "phased-dmd":
-                # a new phase: the fake score restarts from the teacher, the optimizers afresh
-                new = phase != state.phase
-                reset = lambda cur, fresh: jax.tree.map(lambda c, f: jnp.where(new, f, c), cur, fresh)  # noqa: E731
-                fake = reset(fake, self.teacher)
-                fake_opt = reset(fake_opt, fopt.init(self.teacher))
-                gen_opt = reset(gen_opt, gopt.init(state.experts))
-            keys = jax.random.split(k_fake, self.num_fake_updates)
-            (fake, fake_opt), fake_losses = jax.lax.scan(
-                lambda c, k: fake_update(c, k, state.experts, phase), (fake, fake_opt), keys
-            )
+    def _generator_loss_fn(self, params, batch, key, aux):
+        phase = self._phase(aux)
+        loss, terms = self._on_variant(key, lambda v: lambda: self._branch(
+            phase, lambda p: lambda: v.generator_loss(params["generator"], params["fake"], batch, key, p)))
+        out = {"per_example": loss, **terms}
+        if aux is not None:
+            out["metrics"] = {"phase": phase.astype(jnp.float32)}
+        return out
 
-            def objective(experts):
-                loss, terms = on_variant(choose(k_gen), lambda v: lambda: self._branch(
-                    phase, lambda p: lambda: v.generator_loss(experts, fake, batch, k_gen, p)
-                ))
-                return jnp.mean(loss), terms
+    def _groups(self) -> dict:
+        return {
+            "fake": Group(self._fake_loss_fn, self.fake_optimizer, updates_per_step=self.num_fake_updates),
+            "generator": Group(self._generator_loss_fn, self.generator_optimizer, ema_decay=self.ema_decay),
+        }
 
-            (loss, terms), grads = jax.value_and_grad(objective, has_aux=True)(state.experts)
-            updates, gen_opt = gopt.update(grads, gen_opt, state.experts)
-            experts = optax.apply_updates(state.experts, updates)
-            if self.phases > 1:  # only the current expert moves
-                mask = jnp.arange(self.phases) == phase
-                experts = jax.tree.map(
-                    lambda n, o: jnp.where(mask.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), experts, state.experts
-                )
-            ema = state.ema
-            if ema is not None:
-                ema = optax.incremental_update(experts, ema, 1.0 - self.ema_decay)
-            grad_norm = optax.tree.norm(grads)
-            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.all(jnp.isfinite(fake_losses))
-            new = state.replace(
-                experts=experts, generator_opt=gen_opt, ema=ema, fake=fake, fake_opt=fake_opt,
-                step=state.step + 1, fake_updates=state.fake_updates + self.num_fake_updates, phase=phase,
-            )
-            new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-            metrics = {
-                "loss": loss, "fake_loss": jnp.mean(fake_losses), "grad_norm": grad_norm,
-                "phase": phase.astype(jnp.float32), "nonfinite": ~finite,
-                **{k: jnp.mean(v) for k, v in terms.items()},
-            }
-            return new, metrics
+    def _prepare(self, state: TrainState) -> TrainState:
+        """Phased DMD: the phase of this step; at a new phase the fake score restarts from the
+        teacher and both optimizers afresh (earlier experts are frozen, later ones unused, so
+        only the current expert moves)."""
+        phase = jnp.minimum(state.step // self.steps_per_phase, self.phases - 1).astype(jnp.int32)
+        new = phase != state.aux["phase"]
+        reset = lambda cur, fresh: jax.tree.map(lambda c, f: jnp.where(new, f, c), cur, fresh)  # noqa: E731
+        params, opt = state.params, state.opt_state
+        return state.replace(
+            params={**params, "fake": reset(params["fake"], self.teacher)},
+            opt_state={"fake": reset(opt["fake"], self.fake_optimizer.init(self.teacher)),
+                       "generator": reset(opt["generator"], self.generator_optimizer.init(params["generator"]))},
+            aux={**state.aux, "phase": phase},
+        )
 
-        return step
+    def make_step(self) -> Callable:
+        """The pure ``step(state, batch) -> (state, metrics)`` for ``diffalign.training.train``:
+        ``num_fake_updates`` fake-score updates, then one generator update (``make_group_step``)."""
+        return make_group_step(self._groups(), prepare=self._prepare if self.method == "phased-dmd" else None)
 
     def _branch(self, phase, make):
         """``make(p)()`` for the traced phase (lax.switch over the static phases)."""

@@ -89,14 +89,23 @@ def model_init(mesh: Mesh | None):
 
 
 def param_specs(params):
-    """A PartitionSpec per parameter leaf: the layer's annotation, or P() (replicated)."""
+    """A PartitionSpec per parameter leaf: the layer's annotation, or P() (replicated). A dict
+    of parameter trees (GDSS's {"x", "a"} networks, a distillation's groups) is read per entry."""
     from flax import nnx
 
     if isinstance(params, nnx.State):
         specs = nnx.get_partition_spec(params)
         leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
         return jax.tree.unflatten(jax.tree.structure(params), [s if isinstance(s, P) else P() for s in leaves])
+    if isinstance(params, dict):
+        return {k: param_specs(v) for k, v in params.items()}
     return jax.tree.map(lambda _: P(), params)
+
+
+def _fit(spec: P, ndim: int) -> P:
+    """A leaf with more axes than its annotation is a stack of copies (Phased DMD's experts):
+    the annotation applies to its trailing axes."""
+    return P(*([None] * (ndim - len(spec))), *spec) if len(spec) < ndim else spec
 
 
 def _check_spec(spec: P, shape, mesh: Mesh, where: str) -> None:
@@ -112,27 +121,34 @@ def _check_spec(spec: P, shape, mesh: Mesh, where: str) -> None:
 
 
 def state_shardings(state, mesh: Mesh):
-    """Shardings for a train state: every subtree shaped like ``state.params`` (the params,
-    their EMA, optimizer moments, aux copies) follows the parameters' annotations; the rest
-    (step, key, counters, transform state) is replicated."""
+    """Shardings for a train state: every subtree shaped like ``state.params``, or like one of
+    its groups when ``params`` is a dict of groups (the params, their EMA, optimizer moments,
+    aux copies), follows the parameters' annotations; the rest (step, key, counters, transform
+    state) is replicated."""
     params = getattr(state, "params", None)
     if params is None:
         return jax.tree.map(lambda _: replicated(mesh), state)
     specs = param_specs(params)
     spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
     for (path, x), s in zip(jax.tree_util.tree_flatten_with_path(params)[0], spec_leaves):
-        _check_spec(s, x.shape, mesh, f"parameter {jax.tree_util.keystr(path)}")
-    ptree = jax.tree.structure(params)
-    param_sh = jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
+        _check_spec(_fit(s, x.ndim), x.shape, mesh, f"parameter {jax.tree_util.keystr(path)}")
+    known = {jax.tree.structure(params): specs}
+    if isinstance(params, dict):
+        for k, v in params.items():
+            known.setdefault(jax.tree.structure(v), specs[k])
 
     def is_param_like(t):
-        return t is not None and not isinstance(t, (jax.Array, np.ndarray)) and jax.tree.structure(t) == ptree
+        return t is not None and not isinstance(t, (jax.Array, np.ndarray)) and jax.tree.structure(t) in known
 
-    return jax.tree.map(
-        lambda t: param_sh if is_param_like(t) else jax.tree.map(lambda _: replicated(mesh), t),
-        state,
-        is_leaf=is_param_like,
-    )
+    def place(t):
+        if not is_param_like(t):
+            return jax.tree.map(lambda _: replicated(mesh), t)
+        spec = jax.tree.leaves(known[jax.tree.structure(t)], is_leaf=lambda x: isinstance(x, P))
+        leaves = jax.tree.leaves(t)
+        return jax.tree.unflatten(jax.tree.structure(t),
+                                  [NamedSharding(mesh, _fit(s, x.ndim)) for x, s in zip(leaves, spec)])
+
+    return jax.tree.map(place, state, is_leaf=is_param_like)
 
 
 def put(tree, shardings):

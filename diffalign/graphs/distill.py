@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..distill.methods import DistillState
+from ..training import Group, TrainState, init_group_state, make_group_step
+
 from ..distill.objectives import dm_gradient, matching_loss
 from .gdss import GDSSModel
 from .networks import mask_adj, mask_x
@@ -70,15 +71,14 @@ class GraphDistiller:
     def grid(self):
         return jnp.linspace(1.0, 0.0, self.student_steps + 1)
 
-    def init(self, key) -> DistillState:
+    def init(self, key) -> TrainState:
+        """Parameter groups ``fake`` and ``generator`` (one expert, stacked), both the teacher."""
         experts = jax.tree.map(lambda p: p[None], self.teacher)
-        fake = jax.tree.map(jnp.copy, self.teacher)
-        return DistillState(
-            experts=experts, generator_opt=self.generator_optimizer.init(experts),
-            ema=jax.tree.map(jnp.copy, experts) if self.ema_decay > 0 else None,
-            fake=fake, fake_opt=self.fake_optimizer.init(fake),
-            step=jnp.zeros((), jnp.int32), fake_updates=jnp.zeros((), jnp.int32), phase=jnp.zeros((), jnp.int32), key=key,
-        )
+        return init_group_state({"fake": self.teacher, "generator": experts}, self._groups(), key)
+
+    @staticmethod
+    def generator_params(state: TrainState):
+        return state.eval_params()["generator"]
 
     # -- the process --------------------------------------------------------------------------
     def denoise(self, params, x, a, flags, t):
@@ -135,15 +135,22 @@ class GraphDistiller:
         params = jax.tree.map(lambda p: p[0], experts if with_grad else frozen)
         return self.denoise(params, x_in, a_in, flags, jnp.full((flags.shape[0],), ts[k]))
 
-    def fake_loss(self, fake, x0, a0, flags, key):
-        kt, kn = jax.random.split(key)
+    def fake_loss(self, params, batch, key, aux=None):
+        """GDSS's denoising loss of the fake score on fresh (detached) generator graphs."""
+        del batch, aux
+        kf, kg, kl = jax.random.split(key, 3)
+        flags = self.flags(kf, self.batch_size)
+        x0, a0 = jax.lax.stop_gradient(self._generated(params["generator"], kg, flags, False))
+        kt, kn = jax.random.split(kl)
         gsde = self.model.gsde
         t = jax.random.uniform(kt, (x0.shape[0],), x0.dtype, gsde.train_eps, 1.0)
         xt, at, zx, za = perturb(gsde, kn, x0, a0, flags, t)
-        sx, sa = scaled_scores(gsde, self.model.apply_x, self.model.apply_a, fake, xt, at, flags, t)
-        return jnp.mean(half_sq(sx + zx) + half_sq(sa + za))
+        sx, sa = scaled_scores(gsde, self.model.apply_x, self.model.apply_a, params["fake"], xt, at, flags, t)
+        return {"per_example": half_sq(sx + zx) + half_sq(sa + za)}
 
-    def generator_loss(self, experts, fake, key):
+    def generator_loss(self, params, batch, key, aux=None):
+        del batch, aux
+        experts, fake = params["generator"], params["fake"]
         kf, kg, kt, kn = jax.random.split(key, 4)
         flags = self.flags(kf, self.batch_size)
         x, a = self._generated(experts, kg, flags, True)
@@ -157,39 +164,14 @@ class GraphDistiller:
         gx = mask_x(dm_gradient(sg(fx), sg(rx), sg(x), n * x.shape[-1]), flags)
         ga = mask_adj(dm_gradient(sg(fa), sg(ra), sg(a), n * (n - 1)), flags)
         lx, la = matching_loss(x, gx), matching_loss(a, ga)
-        return jnp.mean(lx + la), {"loss_dm_x": jnp.mean(lx), "loss_dm_a": jnp.mean(la)}
+        return {"per_example": lx + la, "loss_dm_x": lx, "loss_dm_a": la}
+
+    def _groups(self) -> dict:
+        return {
+            "fake": Group(self.fake_loss, self.fake_optimizer, updates_per_step=self.fake_updates),
+            "generator": Group(self.generator_loss, self.generator_optimizer, ema_decay=self.ema_decay),
+        }
 
     def make_step(self) -> Callable:
-        gopt, fopt = self.generator_optimizer, self.fake_optimizer
-
-        def fake_update(carry, key, experts):
-            fake, opt_state = carry
-            kf, kg, kl = jax.random.split(key, 3)
-            flags = self.flags(kf, self.batch_size)
-            x0, a0 = jax.lax.stop_gradient(self._generated(experts, kg, flags, False))
-            loss, grads = jax.value_and_grad(self.fake_loss)(fake, x0, a0, flags, kl)
-            updates, opt_state = fopt.update(grads, opt_state, fake)
-            return (optax.apply_updates(fake, updates), opt_state), loss
-
-        def step(state: DistillState, batch):
-            del batch
-            key = jax.random.fold_in(state.key, state.step)
-            k_fake, k_gen = jax.random.split(key)
-            (fake, fake_opt), fake_losses = jax.lax.scan(
-                lambda c, k: fake_update(c, k, state.experts), (state.fake, state.fake_opt),
-                jax.random.split(k_fake, self.fake_updates),
-            )
-            (loss, terms), grads = jax.value_and_grad(self.generator_loss, has_aux=True)(state.experts, fake, k_gen)
-            updates, gen_opt = gopt.update(grads, state.generator_opt, state.experts)
-            experts = optax.apply_updates(state.experts, updates)
-            ema = state.ema
-            if ema is not None:
-                ema = optax.incremental_update(experts, ema, 1.0 - self.ema_decay)
-            grad_norm = optax.tree.norm(grads)
-            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.all(jnp.isfinite(fake_losses))
-            new = state.replace(experts=experts, generator_opt=gen_opt, ema=ema, fake=fake, fake_opt=fake_opt,
-                                step=state.step + 1, fake_updates=state.fake_updates + self.fake_updates)
-            new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-            return new, {"loss": loss, "fake_loss": jnp.mean(fake_losses), "grad_norm": grad_norm, "nonfinite": ~finite, **terms}
-
-        return step
+        """``fake_updates`` fake-score updates, then one generator update (``make_group_step``)."""
+        return make_group_step(self._groups())

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from ..align.transforms import LossTransform, mean
+from ..losses.transforms import LossTransform, mean
 
 
 @struct.dataclass
@@ -38,7 +38,8 @@ class TrainState:
     aux: Any = None
 
     def eval_params(self):
-        """The parameters to sample and evaluate with: the EMA when there is one."""
+        """The parameters to sample and evaluate with: the EMA when there is one (for a group
+        state, the groups that keep an EMA, else all groups' parameters)."""
         return self.params if self.ema_params is None else self.ema_params
 
 
@@ -66,5 +67,26 @@ def init_train_state(
         step=jnp.zeros((), jnp.int32),
         key=key,
         transform_state=transform.init(),
+        aux=None if aux is None else jax.tree.map(jnp.copy, aux),
+    )
+
+
+def init_group_state(params: dict, groups: dict, key: jax.Array, *, aux=None) -> TrainState:
+    """A fresh TrainState at step 0 for ``make_group_step``: ``params`` maps each group's name to
+    its parameters; every group gets its optimizer state and transform state, and those with
+    ``ema_decay`` > 0 an EMA (``state.ema_params[name]``; ``None`` when no group keeps one)."""
+    if not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        raise TypeError("TrainState needs a typed PRNG key: use jax.random.key(seed), not PRNGKey")
+    if set(params) != set(groups):
+        raise ValueError(f"parameter groups {sorted(params)} do not match the step's groups {sorted(groups)}")
+    params = {n: jax.tree.map(jnp.copy, params[n]) for n in groups}
+    ema = {n: jax.tree.map(jnp.copy, params[n]) for n, g in groups.items() if g.ema_decay > 0}
+    return TrainState(
+        params=params,
+        opt_state={n: g.optimizer.init(params[n]) for n, g in groups.items()},
+        ema_params=ema or None,
+        step=jnp.zeros((), jnp.int32),
+        key=key,
+        transform_state={n: (g.transform or mean()).init() for n, g in groups.items()},
         aux=None if aux is None else jax.tree.map(jnp.copy, aux),
     )

@@ -1,15 +1,24 @@
-"""The pure training step and its multi-step ``lax.scan`` form."""
+"""The pure training step, for one parameter group or several, and its multi-step ``lax.scan`` form.
+
+A step is ``step(state, batch) -> (state, metrics)``. With one group (``make_train_step``) the
+state's ``params`` are the model's; with several (``make_group_step``: a distillation's
+generator and fake score) ``params`` is a dict of groups updated in order, each by its own
+loss, transform, optimizer and number of updates per step (DMD2's two time-scale rule), each
+reading the others' current values. Either way every update is ``update.update``; the EMA,
+the non-finite guard and the step counter are applied here, once.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from ..align.transforms import LossTransform, mean
+from ..losses.transforms import LossTransform, mean
 from .state import TrainState
+from .update import loss_terms, update
 
 
 def ema_decay_at(step, decay: float, warmup: bool):
@@ -19,6 +28,35 @@ def ema_decay_at(step, decay: float, warmup: bool):
         return jnp.asarray(decay, jnp.float32)
     n = step.astype(jnp.float32) + 1.0
     return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+
+
+class Group(NamedTuple):
+    """One parameter group's part of a step (``make_group_step``).
+
+    ``loss_fn(params, batch, key, aux)`` gets every group's current parameters (a dict; only
+    this group's are differentiated, the others arrive under ``stop_gradient``) and the state's
+    ``aux``. ``updates_per_step``: ``None`` for one update with the group's key; ``k`` for k
+    updates in a ``lax.scan`` with keys ``split(key, k)`` (0 skips the group). ``ema_decay`` > 0
+    keeps an EMA of this group in ``state.ema_params[name]``.
+    """
+
+    loss_fn: Callable
+    optimizer: optax.GradientTransformation
+    transform: LossTransform | None = None
+    updates_per_step: int | None = None
+    ema_decay: float = 0.0
+
+
+def _check(ema_decay, accumulate):
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+    if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
+        raise ValueError(f"accumulate must be a positive integer (microbatches per step), got {accumulate!r}")
+
+
+def _guard(new, old, finite):
+    """The new state where the step was finite, else the old one (a failed step changes nothing)."""
+    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
 
 def make_train_step(
@@ -31,7 +69,7 @@ def make_train_step(
     aux_update: Callable | None = None,
     accumulate: int = 1,
 ) -> Callable:
-    """Return the pure ``step(state, batch) -> (state, metrics)``.
+    """Return the pure ``step(state, batch) -> (state, metrics)`` for one parameter group.
 
     ``loss_fn(params, batch, key)`` returns per-example quantities (a dict with
     ``"per_example"``); ``transform`` turns them into the scalar that is differentiated (the
@@ -58,139 +96,93 @@ def make_train_step(
     that are batch means, and every batch leaf has the batch as its leading axis.
     """
     transform = transform or mean()
-    if not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
-    if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
-        raise ValueError(f"accumulate must be a positive integer (microbatches per step), got {accumulate!r}")
-
-    def call_loss(params, batch, key, aux):
-        return loss_fn(params, batch, key) if aux is None else loss_fn(params, batch, key, jax.lax.stop_gradient(aux))
-
-    def objective(params, batch, key, tstate, step, aux):
-        out = call_loss(params, batch, key, aux)
-        loss, tstate, tmetrics = transform.apply(out, tstate, step)
-        return loss, (tstate, tmetrics, out)
-
-    def loss_and_grads(params, batch, key, tstate, step, aux):
-        if accumulate == 1:
-            return jax.value_and_grad(objective, has_aux=True)(params, batch, key, tstate, step, aux)
-        return _accumulated(call_loss, transform, accumulate, params, batch, key, tstate, step, aux)
+    _check(ema_decay, accumulate)
 
     def step_fn(state: TrainState, batch):
         key = jax.random.fold_in(state.key, state.step)
-        (loss, (tstate, tmetrics, out)), grads = loss_and_grads(
-            state.params, batch, key, state.transform_state, state.step, state.aux
+        params, opt_state, tstate, loss, grad_norm, tmetrics, out = update(
+            loss_fn, transform, optimizer, state.params, state.opt_state, state.transform_state, batch, key,
+            state.step, state.aux, accumulate=accumulate,
         )
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         ema = state.ema_params
         if ema is not None:
-            d = ema_decay_at(state.step, ema_decay, ema_warmup)
-            ema = optax.incremental_update(params, ema, 1.0 - d)
+            ema = optax.incremental_update(params, ema, 1.0 - ema_decay_at(state.step, ema_decay, ema_warmup))
         aux = state.aux
         if aux is not None and aux_update is not None:
             aux = aux_update(aux, params, state.step)
-        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = state.replace(
-            params=params, opt_state=opt_state, ema_params=ema, step=state.step + 1, transform_state=tstate,
-            aux=aux,
-        )
-        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite": ~finite, **tmetrics, **_loss_terms(out)}
-        return new, metrics
+        new = state.replace(params=params, opt_state=opt_state, ema_params=ema, step=state.step + 1,
+                            transform_state=tstate, aux=aux)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite": ~finite, **tmetrics, **loss_terms(out)}
+        return _guard(new, state, finite), metrics
 
     return step_fn
 
 
-def _microbatches(batch, k: int):
-    """Leaves (B, ...) -> (k, B/k, ...), microbatch j holding rows j, j + k, ..."""
+def make_group_step(groups: dict, *, prepare: Callable | None = None, aux_update: Callable | None = None,
+                    accumulate: int = 1) -> Callable:
+    """Return the pure ``step(state, batch) -> (state, metrics)`` for several parameter groups.
 
-    sizes = {x.shape[0] if x.ndim else None for x in jax.tree.leaves(batch)}
-    if len(sizes) > 1:
-        raise ValueError(
-            f"gradient accumulation splits every batch leaf by rows, but the leaves have different leading "
-            f"sizes {sorted(map(str, sizes))}; pass shared arrays through the loss function's closure instead"
-        )
+    ``groups`` maps a name of ``state.params`` to its ``Group``; they update in the dict's
+    order, each seeing the others' newest values. The step's key is split into one key per
+    group. ``prepare(state) -> state`` runs first (Phased DMD restarts a group at a phase
+    boundary there); ``aux_update(aux, params, step)`` last. The last group's metrics are
+    reported as they are (``loss``, ``grad_norm``, its terms), the others' prefixed with their
+    name (``fake_loss``); a group updated k times reports the means over its k updates. The
+    non-finite guard covers every update of every group. Build the state with ``init_group_state``.
+    """
+    if not groups:
+        raise ValueError("make_group_step needs at least one parameter group")
+    for name, g in groups.items():
+        if not isinstance(g, Group):
+            raise TypeError(f"group {name!r} must be a training.Group, got {type(g).__name__}")
+        _check(g.ema_decay, accumulate)
+        if g.updates_per_step is not None and (not isinstance(g.updates_per_step, int) or g.updates_per_step < 0):
+            raise ValueError(f"group {name!r}: updates_per_step must be None or an integer >= 0, got {g.updates_per_step!r}")
+    names = tuple(groups)
 
-    def split(x):
-        if x.ndim == 0 or x.shape[0] % k:
-            raise ValueError(
-                f"gradient accumulation over {k} microbatches needs batch leaves whose leading size is a "
-                f"multiple of {k}, got shape {tuple(x.shape)}"
+    def group_updates(name, g, params, opt_state, tstate, batch, key, step, aux):
+        transform = g.transform or mean()
+
+        def one(carry, k):
+            params, opt_state, tstate = carry
+            own, opt_state, tstate, loss, gnorm, tmetrics, out = update(
+                lambda p, b, kk, a: g.loss_fn({**a["params"], name: p}, b, kk, a["aux"]),
+                transform, g.optimizer, params[name], opt_state, tstate, batch, k, step,
+                {"params": params, "aux": aux}, accumulate=accumulate,
             )
-        return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+            metrics = {"loss": loss, "grad_norm": gnorm, **tmetrics, **loss_terms(out)}
+            return ({**params, name: own}, opt_state, tstate), metrics
 
-    return jax.tree.map(split, batch)
+        if g.updates_per_step is None:
+            return one((params, opt_state, tstate), key)
+        carry, metrics = jax.lax.scan(one, (params, opt_state, tstate), jax.random.split(key, g.updates_per_step))
+        return carry, metrics
 
+    def step_fn(state: TrainState, batch):
+        old = state
+        if prepare is not None:
+            state = prepare(state)
+        keys = jax.random.split(jax.random.fold_in(state.key, state.step), len(names))
+        params, opt_state, tstate = dict(state.params), dict(state.opt_state), dict(state.transform_state)
+        finite, metrics = jnp.asarray(True), {}
+        for i, name in enumerate(names):
+            (params, opt_state[name], tstate[name]), m = group_updates(
+                name, groups[name], params, opt_state[name], tstate[name], batch, keys[i], state.step, state.aux)
+            finite = finite & jnp.all(jnp.isfinite(m["loss"])) & jnp.all(jnp.isfinite(m["grad_norm"]))
+            m = {k: jnp.mean(v) for k, v in m.items()}
+            metrics.update(m if i == len(names) - 1 else {f"{name}_{k}": v for k, v in m.items()})
+        ema = state.ema_params
+        if ema is not None:
+            ema = {n: optax.incremental_update(params[n], e, 1.0 - groups[n].ema_decay) for n, e in ema.items()}
+        aux = state.aux
+        if aux is not None and aux_update is not None:
+            aux = aux_update(aux, params, state.step)
+        new = state.replace(params=params, opt_state=opt_state, ema_params=ema, step=state.step + 1,
+                            transform_state=tstate, aux=aux)
+        return _guard(new, old, finite), {**metrics, "nonfinite": ~finite}
 
-def _join(stacked, k: int, m: int):
-    """Inverse of ``_microbatches`` for per-example leaves (k, m, ...); scalars (k,) -> mean."""
-
-    def join(x):
-        if x.ndim >= 2 and x.shape[1] == m:
-            return jnp.swapaxes(x, 0, 1).reshape(k * m, *x.shape[2:])
-        if x.ndim == 1:
-            return jnp.mean(x, axis=0) if jnp.issubdtype(x.dtype, jnp.inexact) else x[0]
-        raise ValueError(f"loss output of shape {tuple(x.shape[1:])} per microbatch is neither per-example nor scalar")
-
-    return jax.tree.map(join, stacked)
-
-
-def _accumulated(call_loss, transform, k, params, batch, key, tstate, step, aux):
-    """(loss, (tstate, tmetrics, out)), grads of ``transform(out(batch))`` over k microbatches."""
-    micro = _microbatches(batch, k)
-    m = jax.tree.leaves(micro)[0].shape[1]
-    keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(k))
-    stacked = jax.lax.map(lambda xs: call_loss(params, xs[0], xs[1], aux), (micro, keys))
-    out = _join(jax.lax.stop_gradient(stacked), k, m)
-    leaves, treedef = jax.tree.flatten(out)
-    diff = [jnp.issubdtype(x.dtype, jnp.inexact) for x in leaves]
-
-    def rebuild(float_leaves):
-        it = iter(float_leaves)
-        return jax.tree.unflatten(treedef, [next(it) if d else x for x, d in zip(leaves, diff)])
-
-    def of_out(float_leaves):
-        loss, new_tstate, tmetrics = transform.apply(rebuild(float_leaves), tstate, step)
-        return loss, (new_tstate, tmetrics)
-
-    float_leaves = [x for x, d in zip(leaves, diff) if d]
-    loss, vjp_out, (new_tstate, tmetrics) = jax.vjp(of_out, float_leaves, has_aux=True)
-    (cotangent,) = vjp_out(jnp.ones_like(loss))
-    # per-example cotangents go back to their microbatch rows; a scalar's is split evenly (it was a mean)
-    ct_micro = [
-        _microbatches(c, k) if c.ndim >= 1 and c.shape[0] == k * m else jnp.broadcast_to(c / k, (k, *c.shape))
-        for c in cotangent
-    ]
-
-    def body(grads, xs):
-        mb, mkey, ct = xs
-
-        def floats(p):
-            return [x for x, d in zip(jax.tree.leaves(call_loss(p, mb, mkey, aux)), diff) if d]
-
-        _, vjp_p = jax.vjp(floats, params)
-        (g,) = vjp_p(ct)
-        return jax.tree.map(jnp.add, grads, g), None
-
-    grads, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (micro, keys, ct_micro))
-    return (loss, (new_tstate, tmetrics, out)), grads
-
-
-def _loss_terms(out: dict) -> dict:
-    """Batch means of the loss's named terms (keys starting with "loss_"), for the logs, and
-    the scalars the loss reports under ``out["metrics"]`` (rewards, drift, ...)."""
-    terms = {k: jax.lax.stop_gradient(v) for k, v in out.get("metrics", {}).items()}
-    for k, v in out.items():
-        if k.startswith("loss_"):
-            v = jax.lax.stop_gradient(v)
-            if "mask" in out:
-                m = out["mask"].astype(v.dtype)
-                terms[k] = jnp.sum(v * m) / jnp.maximum(jnp.sum(m), 1.0)
-            else:
-                terms[k] = jnp.mean(v)
-    return terms
+    return step_fn
 
 
 def make_multi_step(

@@ -28,7 +28,7 @@ class LossTransform(NamedTuple):
     apply: Callable[[dict, Any, jax.Array], tuple[jax.Array, Any, dict]]
 
 
-def _per_example(out: dict) -> jax.Array:
+def per_example_of(out: dict) -> jax.Array:
     pe = out.get("per_example") if isinstance(out, dict) else None
     if pe is None:
         raise TypeError(
@@ -40,7 +40,7 @@ def _per_example(out: dict) -> jax.Array:
     return pe
 
 
-def _masked_mean(values, out):
+def masked_mean(values, out):
     """Mean over the batch, or over the examples with ``out["mask"] == 1`` when a mask is given
     (fixed-shape batches padded at the end of an epoch)."""
     if "mask" not in out:
@@ -54,7 +54,7 @@ def mean() -> LossTransform:
 
     def apply(out, state, step):
         del step
-        return _masked_mean(_per_example(out), out), state, {}
+        return masked_mean(per_example_of(out), out), state, {}
 
     return LossTransform(lambda: (), apply)
 
@@ -68,13 +68,13 @@ def weighted(key: str = "weight") -> LossTransform:
 
     def apply(out, state, step):
         del step
-        pe = _per_example(out)
+        pe = per_example_of(out)
         if key not in out:
             raise KeyError(f"the weighted transform reads per-example weights from out[{key!r}], which is missing")
         w = jax.lax.stop_gradient(out[key]).astype(pe.dtype)
         if w.shape != pe.shape:
             raise ValueError(f"weights out[{key!r}] have shape {w.shape}, per-example losses {pe.shape}")
-        return _masked_mean(w * pe, out), state, {"mean_weight": _masked_mean(w, out)}
+        return masked_mean(w * pe, out), state, {"mean_weight": masked_mean(w, out)}
 
     return LossTransform(lambda: (), apply)
 
