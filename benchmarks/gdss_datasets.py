@@ -28,7 +28,7 @@ import numpy as np
 
 from diffalign.graphs.configs import CONFIGS, get_config
 from diffalign.graphs.gdss import build_model, make_step, sampler, steps_per_epoch
-from diffalign.graphs.sampling import evaluations_per_step
+from diffalign.sampling.graph import evaluations_per_step
 from diffalign.training import init_train_state
 
 from common import time_train_chunks

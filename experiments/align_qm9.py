@@ -33,13 +33,13 @@ from diffalign.results import Timer, prepare_out, write_json, write_results
 
 
 def _load_gdss(run_dir: str):
-    from .graphs import _dataset, _trained_config, get_config, make_step
+    from .graphs import load_data, trained_config, get_config, make_step
 
-    tc = _trained_config(run_dir)
+    tc = trained_config(run_dir)
     if tc["dataset"] != "QM9":
         raise ValueError(f"--gdss-run {run_dir} is a {tc['dataset']} run, not QM9")
     cfg = get_config("QM9")
-    data = _dataset("QM9", cfg, tc.get("data_dir"))
+    data = load_data("QM9", cfg, tc.get("data_dir"))
     model = build_model(cfg, 0)
     opt, _ = make_step(model, data.flags)
     like = init_train_state(model.params, opt, jax.random.key(0))

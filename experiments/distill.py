@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from diffalign.data.toy2d import get_dataset, mode_statistics, reference_set
-from diffalign.distill import METHODS, Distiller, labels_from_null
+from diffalign.distill import METHODS, DistillationMethod, Distiller, labels_from_null
 from diffalign.losses import flow_matching_loss
 from diffalign.metrics import wasserstein2
 from diffalign.models import MLP, functional
@@ -201,7 +201,7 @@ def run_config(cfg: Config) -> dict:
     return out
 
 
-def make_distiller(cfg: Config, task: Task, teacher) -> Distiller:
+def make_distiller(cfg: Config, task: Task, teacher) -> DistillationMethod:
     return Distiller(
         cfg.method, task.apply_fn, teacher,
         generator_optimizer=make_optimizer(cfg.lr, clip_norm=cfg.clip_norm),
@@ -277,7 +277,7 @@ def evaluate_teacher(cfg: Config, task: Task, teacher_pred, z, teacher_dir: str)
     best = min(few, key=lambda n: few[n][key_metric])
     metrics["teacher_few_step"] = few
     metrics["teacher_few_step_best"] = {"sampler": best, **few[best]}
-    from .common import write_json
+    from diffalign.results import write_json
 
     write_json(stem + ".json", metrics)
     np.savez(stem + ".npz", **samples)

@@ -36,7 +36,7 @@ from diffalign.graphs.gdss import (
     steps_per_epoch,
 )
 from diffalign.graphs.metrics import graph_mmds
-from diffalign.graphs.sampling import CORRECTORS, PREDICTORS, SOLVERS, evaluations_per_step
+from diffalign.sampling.graph import CORRECTORS, PREDICTORS, SOLVERS, evaluations_per_step
 from diffalign.training import init_train_state, train
 from diffalign.checkpoint import Checkpointer
 
@@ -241,7 +241,7 @@ class _Molecules:
         return m
 
 
-def _dataset(name, cfg, data_dir):
+def load_data(name, cfg, data_dir):
     return (_Generic if cfg.kind == "generic" else _Molecules)(name, cfg, data_dir or None)
 
 
@@ -270,7 +270,7 @@ def _sample_and_score(model, params, data, seeds, n, out, overrides, timer, scor
     return per_seed
 
 
-def _summary(per_seed: dict, keys) -> dict:
+def seed_summary(per_seed: dict, keys) -> dict:
     out = {}
     for k in keys:
         vals = [m[k] for m in per_seed.values() if k in m]
@@ -300,7 +300,7 @@ def train_run(c: TrainConfig, out: str, smoke: bool = False) -> dict:
     timer = Timer()
     t0 = time.perf_counter()
     with timer("load_data"):
-        data = _dataset(c.dataset, cfg, c.data_dir)
+        data = load_data(c.dataset, cfg, c.data_dir)
     seed = cfg.train_seed if c.seed < 0 else c.seed
     model = build_model(cfg, seed, remat=c.remat)
     batch = min(cfg.batch_size, data.num_train)
@@ -324,7 +324,7 @@ def train_run(c: TrainConfig, out: str, smoke: bool = False) -> dict:
     params = st.ema_params if _use_ema(c.use_ema, cfg) else st.params
     n = c.num_samples or data.default_samples
     per_seed = _sample_and_score(model, params, data, c.sample_seeds, n, out, _overrides(c, cfg), timer, c.score)
-    metrics = _summary(per_seed, data.keys)
+    metrics = seed_summary(per_seed, data.keys)
     solver = c.solver or cfg.solver
     metrics.update(
         num_samples=n, train_steps=int(st.step), train_epochs=int(st.step) / spe,
@@ -340,7 +340,7 @@ def train_run(c: TrainConfig, out: str, smoke: bool = False) -> dict:
     return {k: v for k, v in metrics.items() if k != "per_seed"}
 
 
-def _trained_config(run: str) -> dict:
+def trained_config(run: str) -> dict:
     """A training run's config: from its results.json, or, for a run stopped before it wrote one
     (interrupted, killed), from its latest checkpoint."""
     results_path = os.path.join(run, "results.json")
@@ -365,12 +365,12 @@ def _trained_config(run: str) -> dict:
 def sample_run(c: SampleConfig, out: str, smoke: bool = False) -> dict:
     if smoke:
         c = c.smoke()
-    tc = _trained_config(c.run)
+    tc = trained_config(c.run)
     cfg = get_config(tc["dataset"])
     out = prepare_out(out)
     timer = Timer()
     t0 = time.perf_counter()
-    data = _dataset(tc["dataset"], cfg, tc.get("data_dir"))
+    data = load_data(tc["dataset"], cfg, tc.get("data_dir"))
     model = build_model(cfg, 0)  # shapes only: the parameters come from the checkpoint
     opt, _ = make_step(model, data.flags)
     like = init_train_state(model.params, opt, jax.random.key(0))
@@ -379,7 +379,7 @@ def sample_run(c: SampleConfig, out: str, smoke: bool = False) -> dict:
     params = state.ema_params if _use_ema(c.use_ema, cfg) else state.params
     n = c.num_samples or data.default_samples
     per_seed = _sample_and_score(model, params, data, c.seeds, n, out, _overrides(c, cfg), timer, c.score)
-    metrics = _summary(per_seed, data.keys)
+    metrics = seed_summary(per_seed, data.keys)
     write_json(os.path.join(out, "metrics.json"), {k: metrics[k] for k in data.keys if k in metrics})
     write_results(out, experiment="graphs sample", config=c, metrics=metrics,
                   timings={**timer.times, "total_s": time.perf_counter() - t0},
@@ -394,7 +394,7 @@ def evaluate_run(c: EvaluateConfig, out: str, smoke: bool = False) -> dict:
     t0 = time.perf_counter()
     if not os.path.exists(c.samples):
         raise FileNotFoundError(f"--samples {c.samples} not found")
-    metrics = _dataset(c.dataset, cfg, c.data_dir).score_file(c.samples, out)
+    metrics = load_data(c.dataset, cfg, c.data_dir).score_file(c.samples, out)
     write_json(os.path.join(out, "metrics.json"), metrics)
     write_results(out, experiment="graphs evaluate", config=c, metrics=metrics,
                   timings={"total_s": time.perf_counter() - t0})

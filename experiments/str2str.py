@@ -237,7 +237,7 @@ def _picture(path, cfg, wells, chain_samples, t_deltas):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from diffalign.metrics.conformations import TICA, _pair_distances
+    from diffalign.metrics.conformations import TICA, pair_distances
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.5))
     levels = list(wells["sde"])
@@ -249,8 +249,8 @@ def _picture(path, cfg, wells, chain_samples, t_deltas):
     ax[0].set(xlabel="T_delta", ylabel="share of replicas", title="three wells: heating-annealing from well 1")
     ax[0].legend(fontsize=7, ncol=3)
     ref = chain_samples["reference"]
-    tica = TICA(20, 2).fit(_pair_distances(ref, 3))
-    proj = lambda x: tica.transform(_pair_distances(x, 3))  # noqa: E731
+    tica = TICA(20, 2).fit(pair_distances(ref, 3))
+    proj = lambda x: tica.transform(pair_distances(x, 3))  # noqa: E731
     r = proj(ref[:: max(1, len(ref) // 5000)])
     for k, method in enumerate(("sde", "ode")):
         ax[k + 1].scatter(r[:, 0], r[:, 1], s=2, alpha=0.2, color="grey", label="reference trajectory")

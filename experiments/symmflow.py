@@ -200,7 +200,7 @@ def _digit_space(x):
 
 def run_digits(cfg: Config, seed: int, train_set, test_set, clf) -> tuple[dict, dict]:
     """Train on the digits with one seed; (metrics, generated pixel levels and their labels).
-    ``clf`` is the logistic regression of ``_logreg``."""
+    ``clf`` is the logistic regression of ``logistic_regression``."""
     emb = S.label_embeddings(D.NUM_CLASSES, cfg.label_scale, signed=True)
     model = ResidualMLP(64 + D.NUM_CLASSES, cfg.digits_width, cfg.digits_depth, rngs=nnx.Rngs(seed))
     batch_fn = D.make_batch_fn(train_set, cfg.digits_batch, 10_000 + seed)
@@ -267,7 +267,7 @@ def summarise(per_seed: list[dict]) -> dict:
     return out
 
 
-def _logreg(train_set):
+def logistic_regression(train_set):
     """A logistic regression on the training digits' pixel levels / 16: the plain classifier the
     one-step accuracy is compared with, and the judge of the generated digits' class. Returns
     ``predict(levels (N, 64)) -> labels``. BLAS runs on one thread: this fit is tiny, and
@@ -323,7 +323,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
         metrics["moons"] = {**summarise(rows), **moons_references(cfg)}
     if cfg.task in ("both", "digits"):
         train_set, test_set = D.load_digits()
-        clf = _logreg(train_set)
+        clf = logistic_regression(train_set)
         rows = []
         for seed in cfg.seeds:
             with timer("digits"):

@@ -34,7 +34,7 @@ from diffalign.data import digits, shuffle, toy2d
 from diffalign.graphs import configs as gconfigs
 from diffalign.graphs import data as gdata
 from diffalign.graphs import molecules as M
-from diffalign.graphs import sampling as gsampling
+from diffalign.sampling import graph as gsampling
 from diffalign.training import NonFiniteLossError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -234,7 +234,7 @@ def _train_in_memory(batch_fn, num_steps=2):
 
 
 def _distiller(method="dmd2", **kw):
-    from diffalign.distill.methods import Distiller
+    from diffalign.distill import Distiller
 
     apply_fn, params = _mlp()
     return Distiller(method, apply_fn, params, optax.adam(1e-3), optax.adam(1e-3), **kw)
@@ -470,8 +470,8 @@ CASES = [
          lambda c: training.init_train_state(
              _mlp()[1], optax.adam(1e-3), jax.random.PRNGKey(0)),
          TypeError, r"needs a typed PRNG key: use jax.random.key\(seed\), not PRNGKey"),
-    Case("lib-raw-prng-key-distiller", "library", "Distiller.init(jax.random.PRNGKey(0))",
-         lambda c: _distiller().init(jax.random.PRNGKey(0)), TypeError, r"Distiller.init needs a typed PRNG key"),
+    Case("lib-raw-prng-key-distiller", "library", "DMD2(...).init(jax.random.PRNGKey(0))",
+         lambda c: _distiller().init(jax.random.PRNGKey(0)), TypeError, r"DMD2.init needs a typed PRNG key"),
     Case("lib-unknown-distillation", "library", "Distiller('consistency', ...)",
          lambda c: _distiller("consistency"), ValueError, r"unknown distillation method 'consistency'; expected one of"),
     Case("lib-distill-phases", "library", "Distiller('phased-dmd', student_steps=4, phases=3)",

@@ -15,8 +15,9 @@ from diffalign.graphs.gdss import build_model, make_batch_fn, quantize_generic
 from diffalign.graphs.metrics import gaussian_emd_gram, graph_mmds
 from diffalign.graphs.networks import ScoreNetworkA, ScoreNetworkX, count_params
 from diffalign.graphs.orbits import orbit_counts, orbit_counts_brute_force
-from diffalign.graphs.sampling import sample_graphs
-from diffalign.graphs.system import GraphSDE, gdss_loss, node_flags, perturb, sym_noise
+from diffalign.sampling.graph import sample_graphs
+from diffalign.graphs.system import GraphSDE, gdss_loss, node_flags, perturb
+from diffalign.sampling.graph import sym_noise
 from diffalign.models import functional
 from diffalign.sde import VESDE, VPSDE
 

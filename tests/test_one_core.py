@@ -151,13 +151,172 @@ def test_no_module_reaches_into_another_modules_private_names():
         sorted((ROOT / "tests").glob("*.py"))
     bad = []
     for f in files:
-        for node in ast.walk(ast.parse(f.read_text())):
+        tree = ast.parse(f.read_text())
+        modules = set()  # names bound to imported modules of our own: `from . import graphs as G`
+        for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
                 bad += [f"{f.relative_to(ROOT)}:{node.lineno} imports {a.name}" for a in node.names
                         if a.name.startswith("_") and not a.name.startswith("__")]
+                if node.level or (node.module or "").startswith("diffalign"):
+                    modules |= {a.asname or a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                modules |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("diffalign")}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                bad.append(f"{f.relative_to(ROOT)}:{node.lineno} reads {node.value.id}.{node.attr}")
     assert not bad, "private names imported across modules:\n" + "\n".join(bad)
 
 
 def test_one_definition_of_the_update():
     hits = [str(f.relative_to(ROOT)) for f in (ROOT / "diffalign").rglob("*.py") if "optax.apply_updates" in f.read_text()]
     assert hits == ["diffalign/training/update.py"], hits
+
+
+# --- one loss body: AWM's rows are the pretraining loss ------------------------------------------
+
+def _grads(fn, params):
+    return [np.asarray(g) for g in jax.tree.leaves(jax.grad(fn)(params))]
+
+
+def test_awm_with_unit_advantages_is_the_pretraining_gradient_on_a_cosine_path():
+    import jax.numpy as jnp
+
+    from diffalign.align import awm, rl
+    from diffalign.losses import flow_matching_loss, mean
+    from diffalign.losses.common import stratified_times
+    from diffalign.paths import CosinePath
+
+    apply_fn, params = functional(MLP(2, (32, 32), rngs=nnx.Rngs(0)))
+    data = jax.random.normal(jax.random.key(5), (8, 2))
+    path, k = CosinePath(), 3
+    loss = rl.awm_loss(apply_fn, lambda f, p, b, key: {"x": data, "y": None, "group": jnp.zeros(8, jnp.int32)},
+                       lambda x, y: jnp.zeros(x.shape[0]), num_times=k, path=path)
+    key = jax.random.key(9)
+    # the rows AWM draws: K stratified times shared by the batch, fresh noise per row
+    _, k_t, k_eps, _ = jax.random.split(key, 4)
+    rows = {"x": jnp.repeat(data, k, axis=0), "t": jnp.tile(stratified_times(k_t, k), 8)}
+    rows["x_source"] = jax.random.normal(k_eps, rows["x"].shape)
+    pretrain = flow_matching_loss(apply_fn, path=path)
+
+    def awm_objective(p):
+        out = {**loss(p, {}, key), "advantage": jnp.ones(8 * k)}
+        return awm(weighting="uniform").apply(out, (), 0)[0]
+
+    def pretrain_objective(p):
+        return mean().apply(pretrain(p, rows, key), (), 0)[0]
+
+    a, b = _grads(awm_objective, params), _grads(pretrain_objective, params)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))  # bit for bit
+    assert max(np.max(np.abs(x)) for x in a) > 0
+
+
+def _tiny_gdss():
+    import dataclasses
+
+    from diffalign.graphs.configs import get_config
+    from diffalign.graphs.gdss import build_model
+
+    cfg = dataclasses.replace(get_config("community_small"), max_nodes=6, x_depth=1, x_nhid=4, a_nhid=4, a_layers=2,
+                              a_linears=2, adim=4, c_hid=4, c_final=2, heads=2, batch_size=8)
+    return build_model(cfg, 0)
+
+
+def _graph_batch(n=8, nodes=6, feat=None, key=jax.random.key(4)):
+    import jax.numpy as jnp
+
+    sizes = np.array([3, 4, 5, 6, 6, 4, 5, 3])[:n]
+    flags = (np.arange(nodes)[None] < sizes[:, None]).astype(np.float32)
+    a = jax.random.bernoulli(key, 0.6, (n, nodes, nodes)).astype(jnp.float32)
+    a = jnp.triu(a, 1)
+    a = (a + jnp.swapaxes(a, 1, 2)) * flags[:, :, None] * flags[:, None, :]
+    a = a.at[:, 0, 1].set(flags[:, 1]).at[:, 1, 0].set(flags[:, 1])  # every real node joined: flags from A
+    a = a.at[:, jnp.arange(1, nodes), jnp.arange(nodes - 1)].set(flags[:, 1:])
+    a = a.at[:, jnp.arange(nodes - 1), jnp.arange(1, nodes)].set(flags[:, 1:])
+    x = jax.nn.one_hot(jax.random.randint(jax.random.fold_in(key, 1), (n, nodes), 0, feat), feat) * flags[..., None]
+    return {"x": x, "adj": a}, flags
+
+
+def test_graph_awm_with_unit_advantages_is_gdss_pretraining_gradient():
+    import jax.numpy as jnp
+
+    from diffalign.align import awm
+    from diffalign.graphs.align import awm_graph_loss
+    from diffalign.graphs.system import gdss_loss
+    from diffalign.losses import mean
+
+    model = _tiny_gdss()
+    _, flags = _graph_batch(feat=model.config.max_feat)
+    n, k = 4, 2
+    zeros = lambda x, a: (np.zeros(n, np.float32), np.ones(n, np.float32))  # noqa: E731
+    loss = awm_graph_loss(model, flags, zeros, num_samples=n, num_times=k, num_scales=3)
+    key = jax.random.key(2)
+    out0 = loss(model.params, {}, key)  # the rows: the sampled graphs repeated k times
+    # rebuild the same rows from the draws AWM makes (its sampler's graphs are read off out0)
+    pretrain = gdss_loss(model.gsde, model.apply_x, model.apply_a)
+    k_fl, k_s, k_t, k_n, k_d = jax.random.split(key, 5)
+
+    def awm_objective(p):
+        out = {**loss(p, {}, key), "advantage": jnp.ones(n * k)}
+        return awm(weighting="uniform").apply(out, (), 0)[0]
+
+    # the same graphs and times through the pretraining loss: AWM's rows call it with (graphs, t, k_n)
+    rows = _awm_graph_rows(model, flags, n, k, key)
+
+    def pretrain_objective(p):
+        return mean().apply(pretrain(p, rows, k_n), (), 0)[0]
+
+    np.testing.assert_array_equal(np.asarray(out0["t"]), np.asarray(rows["t"]))
+    a, b = _grads(awm_objective, model.params), _grads(pretrain_objective, model.params)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))  # bit for bit
+    assert max(np.max(np.abs(x)) for x in a) > 0
+
+
+def _awm_graph_rows(model, train_flags, n, k, key):
+    """The graphs and times graph AWM trains on for ``key`` (its sampler, quantized, repeated)."""
+    import jax.numpy as jnp
+
+    from diffalign.graphs.align import quantize_jax
+    from diffalign.graphs.gdss import score_fns
+    from diffalign.losses.common import stratified_times
+    from diffalign.sampling.graph import sample_graphs
+    import dataclasses
+
+    cfg = model.config
+    gsde = dataclasses.replace(model.gsde, num_scales=3)
+    k_fl, k_s, k_t, _, _ = jax.random.split(key, 5)
+    fl = jnp.asarray(train_flags)[jax.random.randint(k_fl, (n,), 0, train_flags.shape[0])]
+    sx, sa = score_fns(model, model.params)
+    x, adj = sample_graphs(k_s, gsde, sx, sa, fl, cfg.max_feat, solver=cfg.solver, predictor=cfg.predictor,
+                           corrector=cfg.corrector, snr=cfg.snr, scale_eps=cfg.scale_eps)
+    x0, a0 = quantize_jax(x, adj)
+    return {"x": jnp.repeat(x0, k, axis=0), "adj": jnp.repeat(a0, k, axis=0),
+            "t": jnp.tile(stratified_times(k_t, k, model.gsde.train_eps, 1.0), n)}
+
+
+def test_a_gdss_step_with_accumulate_2_equals_the_full_batch():
+    import jax.numpy as jnp
+
+    from diffalign.graphs.gdss import make_step
+    from diffalign.training import init_train_state
+
+    model = _tiny_gdss()
+    batch, flags = _graph_batch(feat=model.config.max_feat)
+    k = jax.random.key(6)
+    za = jnp.triu(jax.random.normal(jax.random.fold_in(k, 1), batch["adj"].shape), 1)
+    batch = {**batch, "t": jax.random.uniform(k, (8,), minval=0.05, maxval=1.0),  # draws given: same for both
+             "noise_x": jax.random.normal(jax.random.fold_in(k, 2), batch["x"].shape),
+             "noise_a": za + jnp.swapaxes(za, 1, 2)}
+    states = []
+    for acc in (1, 2):
+        opt, step = make_step(model, flags, num_buckets=1, accumulate=acc)
+        state = init_train_state(model.params, opt, jax.random.key(0))
+        step = jax.jit(step)
+        for _ in range(2):
+            state, m = step(state, batch)
+        states.append((state, m))
+    (s1, m1), (s2, m2) = states
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-6)
+    assert not bool(m2["nonfinite"])

@@ -29,7 +29,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from ..paths.base import LinearPath
+from ..losses.common import stratified_times
+from ..losses.flow_matching import flow_matching_loss
+from ..paths.base import AffinePath, LinearPath
 from ..paths.conversions import Predictor
 from ..sampling import deterministic
 from .awm import ema_anchor_decay
@@ -131,24 +133,17 @@ def flow_rollout(num_samples: int, shape: tuple[int, ...], *, steps: int = 14, s
     return rollout
 
 
-def stratified_times(key, k: int, lo: float = 0.02, hi: float = 0.98):
-    """K times, one uniform draw in each of K equal strata of [lo, hi] (shared by a batch)."""
-    if k < 1 or not 0.0 <= lo < hi <= 1.0:
-        raise ValueError(f"need k >= 1 and 0 <= lo < hi <= 1, got k={k}, lo={lo}, hi={hi}")
-    return lo + (hi - lo) * (jnp.arange(k) + jax.random.uniform(key, (k,))) / k
-
-
 def _sq(a, b):
     return jnp.mean((a - b).reshape(a.shape[0], -1) ** 2, axis=-1)
 
 
-def _common_metrics(apply_fn, params, aux, x0, y, r, key, metrics_fn, drift_t):
+def _common_metrics(apply_fn, params, aux, x0, y, r, key, metrics_fn, drift_t, path=LinearPath()):
     """Per-epoch diagnostics: mean reward, drift E||v - v_ref||^2 at t = drift_t, task metrics."""
     m = {"reward": jnp.mean(r)}
     if aux is not None and "ref" in aux:
         eps = jax.random.normal(key, x0.shape, x0.dtype)
         t = jnp.full((x0.shape[0],), drift_t, x0.dtype)
-        xt = (1.0 - drift_t) * x0 + drift_t * eps
+        xt = path.interpolate(x0, eps, t)
         m["drift"] = jnp.mean(_sq(_apply(apply_fn, params, xt, t, y), _apply(apply_fn, aux["ref"], xt, t, y)))
     if metrics_fn is not None:
         m.update(metrics_fn(x0))
@@ -161,17 +156,20 @@ def _rows(a, k):
 
 def awm_loss(apply_fn: Callable, rollout: Callable, reward_fn: Callable, *, num_times: int = 6,
              t_range: tuple[float, float] = (0.02, 0.98), metrics_fn: Callable | None = None,
-             drift_t: float = 0.5) -> Callable:
+             drift_t: float = 0.5, path: AffinePath = LinearPath()) -> Callable:
     """AWM's per-row quantities for ``make_train_step`` with the ``awm`` transform.
 
     ``loss_fn(params, batch, key, aux=None)``: rollout with the current parameters (no gradient),
     ``reward_fn(x, y) -> (B,)`` (pure JAX, or a ``jax.pure_callback``), then K = ``num_times``
-    stratified times shared by the batch with fresh noise per (sample, time). Rows are
-    sample-major (B K of them). With ``aux`` (``awm_aux``) it adds ``drift_ref`` and
-    ``drift_ema``, the squared velocity gaps to the reference and the anchor at the same (x_t, t),
-    and ``ref_loss``, the reference's matching loss at the same draws (what the preference
-    objectives read).
+    stratified times shared by the batch with fresh noise per (sample, time). Each row's loss is
+    the pretraining loss itself (``losses.flow_matching_loss`` on ``path`` at the row's (x0,
+    noise, t)), so with unit advantages AWM's gradient is the pretraining gradient by
+    construction. Rows are sample-major (B K of them). With ``aux`` (``awm_aux``) it adds
+    ``drift_ref`` and ``drift_ema``, the squared velocity gaps to the reference and the anchor
+    at the same (x_t, t), and ``ref_loss``, the reference's matching loss at the same draws
+    (what the preference objectives read).
     """
+    matching = flow_matching_loss(apply_fn, path=path)
 
     def loss_fn(params, batch, key, aux=None):
         k_roll, k_t, k_eps, k_m = jax.random.split(key, 4)
@@ -181,23 +179,24 @@ def awm_loss(apply_fn: Callable, rollout: Callable, reward_fn: Callable, *, num_
         r = jnp.asarray(reward_fn(x0, y), jnp.float32)
         t = jnp.tile(stratified_times(k_t, num_times, *t_range), x0.shape[0]).astype(x0.dtype)
         x0r, yr = _rows(x0, num_times), _rows(y, num_times)
-        tb = t.reshape((-1,) + (1,) * (x0.ndim - 1))
-        eps = jax.random.normal(k_eps, x0r.shape, x0.dtype)
-        xt = (1.0 - tb) * x0r + tb * eps
-        v = _apply(apply_fn, params, xt, t, yr)
+        rows = {"x": x0r, "x_source": jax.random.normal(k_eps, x0r.shape, x0.dtype), "t": t}
+        if yr is not None:
+            rows["y"] = yr
+        fm = matching(params, rows, k_eps)
+        v = fm["prediction"]
         out = {
-            "per_example": _sq(v, eps - x0r),
+            "per_example": fm["per_example"],
             "t": t,
             "reward": _rows(r, num_times),
             "group": _rows(roll["group"], num_times),
-            "metrics": _common_metrics(apply_fn, frozen, aux, x0, y, r, k_m, metrics_fn, drift_t),
+            "metrics": _common_metrics(apply_fn, frozen, aux, x0, y, r, k_m, metrics_fn, drift_t, path),
         }
         if aux is not None and "ref" in aux:
-            v_ref = _apply(apply_fn, aux["ref"], xt, t, yr)
-            out["drift_ref"] = _sq(v, v_ref)
-            out["ref_loss"] = _sq(v_ref, eps - x0r)  # the reference's loss at the same draws
+            ref = matching(aux["ref"], rows, k_eps)
+            out["drift_ref"] = _sq(v, ref["prediction"])
+            out["ref_loss"] = ref["per_example"]  # the reference's loss at the same draws
         if aux is not None and "anchor" in aux:
-            out["drift_ema"] = _sq(v, _apply(apply_fn, aux["anchor"], xt, t, yr))
+            out["drift_ema"] = _sq(v, matching(aux["anchor"], rows, k_eps)["prediction"])
         return out
 
     return loss_fn

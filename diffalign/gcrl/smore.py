@@ -41,6 +41,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from ..losses.transforms import mean
+from ..training.update import update
 from .gridworld import N_ACTIONS, Dataset, sample_goal_transitions, sample_her
 
 LOSSES = ("stable", "smore")
@@ -194,9 +196,8 @@ def smore_step(state: LearnerState, key, data: Dataset, cfg: SMOReConfig):
     kd, kg = jax.random.split(key)
     D = sample_her(kd, data, cfg.batch_size, cfg.p_future)
     G = sample_goal_transitions(kg, data, cfg.batch_size)
-    (loss, metrics), grads = jax.value_and_grad(smore_losses, has_aux=True)(state.params, state.target, D, G, cfg)
-    updates, opt_state = _smore_optimizer(cfg).update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, opt_state, metrics = _scalar_update(lambda p: smore_losses(p, state.target, D, G, cfg),
+                                                _smore_optimizer(cfg), state.params, state.opt_state)
     target = {k: (1 - cfg.tau) * state.target[k] + cfg.tau * params[k] for k in state.target}
     return LearnerState(params, target, opt_state), metrics
 
@@ -206,11 +207,24 @@ def gcbc_step(state: LearnerState, key, data: Dataset, cfg: GCBCConfig):
     D = sample_her(key, data, cfg.batch_size, cfg.p_future)
 
     def loss_fn(params):
-        return -_log_pi(params["pi"][D.s, D.g], D.a).mean()
+        loss = -_log_pi(params["pi"][D.s, D.g], D.a).mean()
+        return loss, {"bc_loss": loss}
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = _gcbc_optimizer(cfg).update(grads, state.opt_state, state.params)
-    return LearnerState(optax.apply_updates(state.params, updates), {}, opt_state), {"bc_loss": loss}
+    params, opt_state, metrics = _scalar_update(loss_fn, _gcbc_optimizer(cfg), state.params, state.opt_state)
+    return LearnerState(params, {}, opt_state), metrics
+
+
+def _scalar_update(loss_fn, optimizer, params, opt_state):
+    """One optimizer step on the scalar ``loss_fn(params) -> (loss, metrics)`` through the
+    library's one update (a single-row per-example loss under the mean transform: the same
+    gradient)."""
+
+    def per_example(p, batch, key):
+        loss, metrics = loss_fn(p)
+        return {"per_example": loss[None], "metrics": metrics}
+
+    params, opt_state, _, _, _, _, out = update(per_example, mean(), optimizer, params, opt_state, (), None, None, 0)
+    return params, opt_state, out["metrics"]
 
 
 def _gcbc_optimizer(cfg: GCBCConfig):
@@ -314,9 +328,13 @@ def _gcbc_mlp_run(graphdef, params, key, data, n_states, cfg, log_every):
     def step(carry, k):
         p, o = carry
         D = sample_her(k, data, cfg.batch_size, cfg.p_future)
-        loss, grads = jax.value_and_grad(lambda p: -_log_pi(apply_fn(p, D.s, D.g), D.a).mean())(p)
-        updates, o = opt.update(grads, o, p)
-        return (optax.apply_updates(p, updates), o), {"bc_loss": loss}
+
+        def loss_fn(p):
+            loss = -_log_pi(apply_fn(p, D.s, D.g), D.a).mean()
+            return loss, {"bc_loss": loss}
+
+        p, o, metrics = _scalar_update(loss_fn, opt, p, o)
+        return (p, o), metrics
 
     (p, _), metrics = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(key, cfg.steps))
     n = max(cfg.steps // log_every, 1)

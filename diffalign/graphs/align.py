@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..align.rl import stratified_times
+from ..losses.common import stratified_times
 from .gdss import GDSSModel, score_fns
-from .sampling import sample_graphs
-from .system import half_sq, node_flags, perturb, scaled_scores
+from ..sampling.graph import sample_graphs
+from .system import gdss_loss, half_sq, node_flags, perturb, scaled_scores
 
 
 def quantize_jax(x, adj):
@@ -87,6 +87,7 @@ def awm_graph_loss(model: GDSSModel, train_flags, reward_host: Callable, *, num_
               scale_eps=cfg.scale_eps)
     kw.update(sampler_kw or {})
     ax, aa = model.apply_x, model.apply_a
+    loss = gdss_loss(gsde, ax, aa)
     shapes = (jax.ShapeDtypeStruct((num_samples,), jnp.float32),) * 2
 
     def loss_fn(params, batch, key, aux=None):
@@ -99,17 +100,17 @@ def awm_graph_loss(model: GDSSModel, train_flags, reward_host: Callable, *, num_
         reward, valid = jax.pure_callback(reward_host, shapes, x0, a0)
         rows = lambda v: jnp.repeat(v, num_times, axis=0)  # noqa: E731
         xr, ar = rows(x0), rows(a0)
-        flags = node_flags(ar)
         t = jnp.tile(stratified_times(k_t, num_times, gsde.train_eps, 1.0), num_samples)
-        xt, at, zx, za = perturb(gsde, k_n, xr, ar, flags, t)
-        px, pa = scaled_scores(gsde, ax, aa, params, xt, at, flags, t)
-        out = {"per_example": half_sq(px + zx) + half_sq(pa + za), "t": t, "reward": rows(reward)}
+        graphs = {"x": xr, "adj": ar, "t": t}
+        fit = loss(params, graphs, k_n)  # the pretraining loss at these graphs, times and noise
+        px, pa = fit["scaled_scores"]
+        out = {"per_example": fit["per_example"], "t": t, "reward": rows(reward)}
         metrics = {"reward": jnp.mean(reward), "valid_wo_correction": jnp.mean(valid),
                    "atoms": jnp.mean(jnp.sum(x0.any(-1), -1).astype(jnp.float32))}
         if aux is not None:
-            rx, ra = scaled_scores(gsde, ax, aa, aux["ref"], xt, at, flags, t)
+            rx, ra = loss(aux["ref"], graphs, k_n)["scaled_scores"]
             out["drift_ref"] = half_sq(px - rx) + half_sq(pa - ra)
-            ex, ea = scaled_scores(gsde, ax, aa, aux["anchor"], xt, at, flags, t)
+            ex, ea = loss(aux["anchor"], graphs, k_n)["scaled_scores"]
             out["drift_ema"] = half_sq(px - ex) + half_sq(pa - ea)
             # drift at t = drift_t on this epoch's molecules, current parameters against the reference
             f0 = node_flags(a0)

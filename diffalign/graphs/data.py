@@ -84,7 +84,7 @@ class EdgeLists:
         return out
 
 
-def _read_npz(path: str, required, optional=(), what: str = "the expected file") -> dict:
+def read_npz(path: str, required, optional=(), what: str = "the expected file") -> dict:
     """The named arrays of an ``.npz`` file, read eagerly, with a clear error for a missing,
     truncated or corrupt file or one without the required arrays."""
     import zipfile
@@ -110,7 +110,7 @@ def _read_npz(path: str, required, optional=(), what: str = "the expected file")
 
 def read_edge_lists(path: str) -> EdgeLists:
     """Read the shared ``.npz`` edge-list format, validating it."""
-    arrays = _read_npz(path, ("num_nodes", "edge_offsets", "edges"), ("test_size",), "an edge-list file")
+    arrays = read_npz(path, ("num_nodes", "edge_offsets", "edges"), ("test_size",), "an edge-list file")
     n, off, edges = (arrays[k].astype(np.int64) for k in ("num_nodes", "edge_offsets", "edges"))
     if n.ndim != 1 or len(n) == 0:
         raise ValueError(f"{path}: num_nodes must be a non-empty 1-D array (one count per graph), got shape {n.shape}")

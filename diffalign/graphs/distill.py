@@ -27,7 +27,8 @@ from ..training import Group, TrainState, init_group_state, make_group_step
 from ..distill.objectives import dm_gradient, matching_loss
 from .gdss import GDSSModel
 from .networks import mask_adj, mask_x
-from .system import half_sq, perturb, scaled_scores, score_from_output, sym_noise, x_noise
+from ..sampling.graph import sym_noise, x_noise
+from .system import gdss_loss, perturb, score_from_output
 
 
 def _b(v, x):
@@ -141,12 +142,8 @@ class GraphDistiller:
         kf, kg, kl = jax.random.split(key, 3)
         flags = self.flags(kf, self.batch_size)
         x0, a0 = jax.lax.stop_gradient(self._generated(params["generator"], kg, flags, False))
-        kt, kn = jax.random.split(kl)
-        gsde = self.model.gsde
-        t = jax.random.uniform(kt, (x0.shape[0],), x0.dtype, gsde.train_eps, 1.0)
-        xt, at, zx, za = perturb(gsde, kn, x0, a0, flags, t)
-        sx, sa = scaled_scores(gsde, self.model.apply_x, self.model.apply_a, params["fake"], xt, at, flags, t)
-        return {"per_example": half_sq(sx + zx) + half_sq(sa + za)}
+        loss = gdss_loss(self.model.gsde, self.model.apply_x, self.model.apply_a)
+        return loss(params["fake"], {"x": x0, "adj": a0, "flags": flags}, kl)
 
     def generator_loss(self, params, batch, key, aux=None):
         del batch, aux

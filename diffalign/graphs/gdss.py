@@ -16,7 +16,7 @@ from ..training import make_optimizer, make_train_step, per_module
 from .configs import GDSSConfig
 from .data import EdgeLists
 from .networks import ScoreNetworkA, ScoreNetworkX
-from .sampling import sample_graphs
+from ..sampling.graph import sample_graphs
 from .system import GraphSDE, batch_flags, bucketed, fits_layout, gdss_loss, score_from_output, size_buckets
 
 

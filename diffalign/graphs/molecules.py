@@ -247,9 +247,9 @@ def save_quantized(path: str, types: np.ndarray, bonds: np.ndarray, dataset: str
 
 
 def load_quantized(path: str, dataset: str) -> tuple[np.ndarray, np.ndarray]:
-    from .data import _read_npz
+    from .data import read_npz
 
-    d = _read_npz(path, ("atom_types", "bond_orders"), ("dataset",), "a quantized-molecule file")
+    d = read_npz(path, ("atom_types", "bond_orders"), ("dataset",), "a quantized-molecule file")
     if "dataset" in d and str(d["dataset"]) != dataset:
         raise ValueError(f"{path} holds {d['dataset']} molecules, not {dataset}")
     return d["atom_types"], d["bond_orders"]

@@ -23,16 +23,8 @@ import numpy as np
 from flax import nnx
 
 from ..models.mlp import remat_if
-
-
-def mask_x(x, flags):
-    return x * flags[..., None]
-
-
-def mask_adj(a, flags):
-    """Mask (B, ..., N, N) adjacencies (any channel axes between batch and nodes) by the flags."""
-    f = flags.reshape(flags.shape[:1] + (1,) * (a.ndim - 3) + flags.shape[1:])
-    return a * f[..., :, None] * f[..., None, :]
+from ..sampling.graph import mask_adj as mask_adj  # the masks live with the sampler
+from ..sampling.graph import mask_x as mask_x
 
 
 class DenseGCN(nnx.Module):

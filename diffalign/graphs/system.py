@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..sde import SDE, VESDE
-from .networks import mask_adj, mask_x
+from ..sampling.graph import mask_adj, mask_x, sym_noise, x_noise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,16 +51,6 @@ def node_flags(adj):
     return (jnp.abs(adj).sum(-1) > 1e-5).astype(adj.dtype)
 
 
-def x_noise(key, shape, flags, dtype=jnp.float32):
-    return mask_x(jax.random.normal(key, shape, dtype), flags)
-
-
-def sym_noise(key, shape, flags, dtype=jnp.float32):
-    """Symmetric standard normal noise with a zero diagonal, masked by the flags."""
-    z = jnp.triu(jax.random.normal(key, shape, dtype), 1)
-    return mask_adj(z + jnp.swapaxes(z, -1, -2), flags)
-
-
 def _b(v, x):
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
@@ -77,11 +67,16 @@ def perturb(gsde: GraphSDE, key, x0, a0, flags, t):
     kx, ka = jax.random.split(key)
     zx = x_noise(kx, x0.shape, flags, x0.dtype)
     za = sym_noise(ka, a0.shape, flags, a0.dtype)
+    return (*perturb_with(gsde, x0, a0, flags, t, zx, za), zx, za)
+
+
+def perturb_with(gsde: GraphSDE, x0, a0, flags, t, zx, za):
+    """(X_t, A_t) = (alpha_t X0 + sigma_t z_X, alpha_t A0 + sigma_t z_A), masked, for given noise."""
     ax, sx = gsde.sde_x.coeffs(t)
     aa, sa = gsde.sde_a.coeffs(t)
     xt = mask_x(_b(ax, x0) * x0 + _b(sx, x0) * zx, flags)
     at = mask_adj(_b(aa, a0) * a0 + _b(sa, a0) * za, flags)
-    return xt, at, zx, za
+    return xt, at
 
 
 def batch_flags(batch: dict):
@@ -168,27 +163,39 @@ def half_sq(r):
 
 def gdss_loss(gsde: GraphSDE, apply_x: Callable, apply_a: Callable, layout: tuple | None = None) -> Callable:
     """``loss_fn(params, batch, key)`` for params ``{"x": ..., "a": ...}`` and a batch
-    ``{"x": (B, N, F), "adj": (B, N, N)[, "mask": (B,)]}``.
+    ``{"x": (B, N, F), "adj": (B, N, N)[, "mask": (B,)][, "t": (B,)][, "noise_x", "noise_a"][, "flags": (B, N)]}``.
 
-    Returns per-graph ``loss_x``, ``loss_a`` and their sum ``per_example``: each network's
-    parameters only enter its own term, so one gradient of the sum trains both exactly as
-    GDSS's two separate backward passes do. With a ``layout`` (``size_buckets``) the networks
-    are evaluated in size buckets: the same loss, less work on padding nodes, for batches that
-    fit it (``fits_layout``: the caller checks). Graphs with mask 0 (the padding of an epoch's
-    last batch) are emptied: their loss is not counted anyway.
+    Returns per-graph ``loss_x``, ``loss_a`` and their sum ``per_example``, and the scaled
+    scores (sigma_t s_X, sigma_t s_A) as ``scaled_scores``: each network's parameters only enter
+    its own term, so one gradient of the sum trains both exactly as GDSS's two separate
+    backward passes do. Times are drawn from U(train_eps, 1) and noise from ``key`` unless the
+    batch gives them (``noise_x``: standard normal, ``noise_a``: symmetric with a zero diagonal;
+    both are masked here): given (graphs, t, noise) the loss is the unit that graph AWM and the
+    graph distiller's fake score reuse. Node flags are read from the adjacency unless
+    given. With a ``layout`` (``size_buckets``) the networks are evaluated in size buckets: the
+    same loss, less work on padding nodes, for batches that fit it (``fits_layout``: the caller
+    checks). Graphs with mask 0 (the padding of an epoch's last batch) are emptied: their loss
+    is not counted anyway.
     """
     if layout is not None:
         apply_x, apply_a = bucketed(apply_x, layout, False), bucketed(apply_a, layout, True)
 
     def loss_fn(params, batch, key):
         x0, a0 = batch["x"], batch["adj"]
-        flags = batch_flags(batch)
-        kt, kn = jax.random.split(key)
-        t = jax.random.uniform(kt, (x0.shape[0],), x0.dtype, gsde.train_eps, 1.0)
-        xt, at, zx, za = perturb(gsde, kn, x0, a0, flags, t)
+        flags = batch["flags"] if "flags" in batch else batch_flags(batch)
+        if "t" in batch:
+            t, kn = batch["t"], key
+        else:
+            kt, kn = jax.random.split(key)
+            t = jax.random.uniform(kt, (x0.shape[0],), x0.dtype, gsde.train_eps, 1.0)
+        if "noise_x" in batch:
+            zx, za = mask_x(batch["noise_x"], flags), mask_adj(batch["noise_a"], flags)
+            xt, at = perturb_with(gsde, x0, a0, flags, t, zx, za)
+        else:
+            xt, at, zx, za = perturb(gsde, kn, x0, a0, flags, t)
         sx, sa = scaled_scores(gsde, apply_x, apply_a, params, xt, at, flags, t)
         lx, la = half_sq(sx + zx), half_sq(sa + za)
-        out = {"per_example": lx + la, "loss_x": lx, "loss_a": la, "t": t}
+        out = {"per_example": lx + la, "loss_x": lx, "loss_a": la, "t": t, "scaled_scores": (sx, sa)}
         if "mask" in batch:
             out["mask"] = batch["mask"]
         return out

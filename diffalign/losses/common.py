@@ -46,6 +46,13 @@ def uniform_times(key, n: int, t_min: float, t_max: float, dtype=jnp.float32, st
     return t_min + (t_max - t_min) * u
 
 
+def stratified_times(key, k: int, lo: float = 0.02, hi: float = 0.98):
+    """K times, one uniform draw in each of K equal strata of [lo, hi] (shared by a batch)."""
+    if k < 1 or not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"need k >= 1 and 0 <= lo < hi <= 1, got k={k}, lo={lo}, hi={hi}")
+    return lo + (hi - lo) * (jnp.arange(k) + jax.random.uniform(key, (k,))) / k
+
+
 def drop_labels(key, y, p: float, null_label: int | None):
     """Classifier-free guidance training: replace each label by ``null_label`` with probability p."""
     if y is None or p <= 0.0:

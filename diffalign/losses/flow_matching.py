@@ -35,10 +35,12 @@ def flow_matching_loss(
     label_dropout: float = 0.0,
     num_classes: int | None = None,
 ) -> Callable:
-    """Build ``loss_fn(params, batch, key) -> {"per_example": (B,), "t": (B,)}``.
+    """Build ``loss_fn(params, batch, key) -> {"per_example": (B,), "t": (B,), "prediction": v}``.
 
-    The batch holds data under "x", optionally labels "y" and a source batch "x_source"
-    (standard normal noise is drawn when it is absent). ``apply_fn(params, x_t, t, y)``
+    The batch holds data under "x", optionally labels "y", a source batch "x_source"
+    (standard normal noise is drawn when it is absent) and times "t" (drawn uniformly when
+    absent). Given (x, x_source, t) the loss is a deterministic function of the parameters: the
+    unit that AWM's and the preference objectives' rows reuse. ``apply_fn(params, x_t, t, y)``
     predicts the velocity.
     """
     if sigma_min < 0:
@@ -54,13 +56,13 @@ def flow_matching_loss(
         else:
             x1 = jax.random.normal(k_src, x0.shape, x0.dtype)
         x1 = couple(k_cpl, x0, x1, coupling, epsilon=ot_epsilon)
-        t = uniform_times(k_t, x0.shape[0], path.t_min, path.t_max, x0.dtype)
+        t = batch["t"] if "t" in batch else uniform_times(k_t, x0.shape[0], path.t_min, path.t_max, x0.dtype)
         x_t = path.interpolate(x0, x1, t)
         if sigma_min > 0:
             x_t = x_t + sigma_min * jax.random.normal(k_e, x0.shape, x0.dtype)
         target = path.velocity(x0, x1, t)
         pred = apply_fn(params, x_t, t, drop_labels(k_y, y, label_dropout, num_classes))
-        return {"per_example": reduce_per_example((pred - target) ** 2, reduce), "t": t}
+        return {"per_example": reduce_per_example((pred - target) ** 2, reduce), "t": t, "prediction": pred}
 
     return loss_fn
 

@@ -41,7 +41,7 @@ def _check_pair(ca, reference, min_residues: int = 2):
     return ca, reference
 
 
-def _pair_distances(ca, offset: int) -> np.ndarray:
+def pair_distances(ca, offset: int) -> np.ndarray:
     """Distances of the pairs i < j with j - i >= offset, (N, P)."""
     i, j = np.triu_indices(ca.shape[1], k=offset)
     return np.linalg.norm(ca[:, i] - ca[:, j], axis=-1)
@@ -52,7 +52,7 @@ def val_clash(ca, threshold: float = CLASH_DISTANCE) -> float:
     ca = _check(ca)
     if ca.shape[1] < 2:
         raise ValueError(f"need at least 2 residues, got {ca.shape[1]}")
-    return float(np.mean(_pair_distances(ca, 1).min(axis=1) >= threshold))
+    return float(np.mean(pair_distances(ca, 1).min(axis=1) >= threshold))
 
 
 def val_bond(ca, reference) -> float:
@@ -82,7 +82,7 @@ def _js_1d(x, ref) -> float:
 def js_pwd(ca, reference, offset: int = 3) -> float:
     """Mean over C-alpha pairs (|i - j| >= ``offset``) of the JS distance of their distance histograms."""
     ca, reference = _check_pair(ca, reference, offset + 1)
-    d, d_ref = _pair_distances(ca, offset), _pair_distances(reference, offset)
+    d, d_ref = pair_distances(ca, offset), pair_distances(reference, offset)
     return float(np.mean([_js_1d(d[:, k], d_ref[:, k]) for k in range(d.shape[1])]))
 
 
@@ -142,8 +142,8 @@ def js_tic(ca, reference, lagtime: int = 20, offset: int = 3) -> float:
     """Mean over the two slowest TICA components (fitted on the reference's pairwise distances)
     of the JS distance of their histograms."""
     ca, reference = _check_pair(ca, reference, offset + 2)  # two TICA components need two pairs
-    tica = TICA(lagtime, 2).fit(_pair_distances(reference, offset))
-    p, q = tica.transform(_pair_distances(ca, offset)), tica.transform(_pair_distances(reference, offset))
+    tica = TICA(lagtime, 2).fit(pair_distances(reference, offset))
+    p, q = tica.transform(pair_distances(ca, offset)), tica.transform(pair_distances(reference, offset))
     return float(np.mean([_js_1d(p[:, k], q[:, k]) for k in range(2)]))
 
 

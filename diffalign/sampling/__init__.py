@@ -1,4 +1,4 @@
-"""Samplers (lax.scan fixed-step, diffrax adaptive), likelihoods and guidance."""
+"""Samplers (lax.scan fixed-step, diffrax adaptive, graph PC/S4), likelihoods and guidance."""
 
 from .adaptive import SOLVERS as SOLVERS, solve_ode as solve_ode
 from .deterministic import (
@@ -16,4 +16,19 @@ from .stochastic import (
     langevin_corrector as langevin_corrector,
     predictor_corrector as predictor_corrector,
 )
-from .api import SAMPLERS as SAMPLERS, sample as sample
+from .predictors import (
+    available_correctors as available_correctors,
+    available_predictors as available_predictors,
+    get_corrector as get_corrector,
+    get_predictor as get_predictor,
+    register_corrector as register_corrector,
+    register_predictor as register_predictor,
+)
+from .api import (
+    SAMPLERS as SAMPLERS,
+    available_samplers as available_samplers,
+    get_sampler as get_sampler,
+    register_sampler as register_sampler,
+    sample as sample,
+)
+from . import graph as graph

@@ -18,7 +18,7 @@ SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.D
 _EVALS_PER_STEP = {"tsit5": 6, "dopri5": 6, "dopri8": 12}
 
 
-def _solver(name: str):
+def ode_solver(name: str):
     if name not in SOLVERS:
         raise ValueError(f"unknown ODE solver {name!r}; expected one of {tuple(SOLVERS)}")
     return SOLVERS[name]()
@@ -62,7 +62,7 @@ def solve_ode(
     def one(x0, c):
         sol = diffrax.diffeqsolve(
             term,
-            _solver(solver),
+            ode_solver(solver),
             t0=t_start,
             t1=t_end,
             dt0=dt0,

@@ -18,7 +18,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from .adaptive import _solver, per_sample
+from .adaptive import ode_solver, per_sample
 
 DIVERGENCES = ("exact", "hutchinson")
 
@@ -73,7 +73,7 @@ def log_likelihood(
 
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(aug),
-            _solver(solver),
+            ode_solver(solver),
             t0=t_min,
             t1=t_max,
             dt0=(t_max - t_min) / 100.0,

@@ -13,37 +13,29 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from ..paths.base import bcast
 from ..sde.base import SDE
 from .grids import time_grid
+from .predictors import euler_maruyama_predictor, langevin_step
 
 
 def _times(t, x):
     return jnp.full((x.shape[0],), t, dtype=x.dtype)
 
 
-def _em_step(rsde, x, t, dt, key):
+def _em_step(score_fn, sde, x, t, dt, key):
     tb = _times(t, x)
-    x_mean = x - rsde.drift(x, tb) * dt
-    g = bcast(rsde.diffusion(tb), x)
-    return x_mean + g * jnp.sqrt(dt) * jax.random.normal(key, x.shape, x.dtype), x_mean
-
-
-def _batch_mean_norm(v):
-    return jnp.mean(jnp.linalg.norm(v.reshape(v.shape[0], -1), axis=-1))
+    noise = jax.random.normal(key, x.shape, x.dtype)
+    return euler_maruyama_predictor(sde, x, score_fn(x, tb), tb, noise, h=dt)
 
 
 def langevin_corrector(score_fn, sde: SDE, x, t, dt, key, *, snr: float, n_steps: int):
-    """``n_steps`` Langevin MCMC steps at time t; returns (x, x_mean)."""
+    """``n_steps`` Langevin MCMC steps at time t (``predictors.langevin_step``, alpha from
+    ``sde.langevin_alpha(t, dt)``); returns (x, x_mean)."""
     tb = _times(t, x)
     alpha = sde.langevin_alpha(t, dt)
     x_mean = x
     for k in jax.random.split(key, n_steps):
-        grad = score_fn(x, tb)
-        noise = jax.random.normal(k, x.shape, x.dtype)
-        step = 2.0 * alpha * (snr * _batch_mean_norm(noise) / _batch_mean_norm(grad)) ** 2
-        x_mean = x + step * grad
-        x = x_mean + jnp.sqrt(2.0 * step) * noise
+        x, x_mean = langevin_step(x, score_fn(x, tb), jax.random.normal(k, x.shape, x.dtype), alpha, snr)
     return x, x_mean
 
 
@@ -51,13 +43,12 @@ def euler_maruyama(key, score_fn: Callable, sde: SDE, x_T, steps: int, *, grid: 
                    t_start: float | None = None):
     """Sample the reverse SDE from x_T at t_start (default t_max) down to t_min with ``steps``
     EM steps (NFE = steps)."""
-    rsde = sde.reverse(score_fn)
     ts = time_grid(sde, steps, grid, t_start=t_start)
 
     def body(carry, inp):
         x, _ = carry
         t, t_next, k = inp
-        return _em_step(rsde, x, t, t - t_next, k), None
+        return _em_step(score_fn, sde, x, t, t - t_next, k), None
 
     keys = jax.random.split(key, steps)
     (_, x_mean), _ = jax.lax.scan(body, (x_T, x_T), (ts[:-1], ts[1:], keys))
@@ -78,7 +69,6 @@ def predictor_corrector(
     """Predictor-corrector sampling (NFE = steps * (1 + n_corrector))."""
     if n_corrector < 0:
         raise ValueError(f"n_corrector must be >= 0, got {n_corrector}")
-    rsde = sde.reverse(score_fn)
     ts = time_grid(sde, steps, grid)
 
     def body(carry, inp):
@@ -88,7 +78,7 @@ def predictor_corrector(
         dt = t - t_next
         if n_corrector:
             x, _ = langevin_corrector(score_fn, sde, x, t, dt, k_c, snr=snr, n_steps=n_corrector)
-        return _em_step(rsde, x, t, dt, k_p), None
+        return _em_step(score_fn, sde, x, t, dt, k_p), None
 
     keys = jax.random.split(key, steps)
     (_, x_mean), _ = jax.lax.scan(body, (x_T, x_T), (ts[:-1], ts[1:], keys))

@@ -48,6 +48,32 @@ class SDE(AffinePath):
         del dt
         return jnp.ones_like(t)
 
+    # GDSS's / score_sde's discretisation on N scales, index i = floor(t (N - 1)).
+
+    def discretize(self, x, t, n: int):
+        """(f, G^2) of one reverse-diffusion step, x <- x - f + G^2 score + G z (score_sde's
+        ``SDE.discretize`` with dt = 1/N: f = drift dt, G^2 = g^2 dt); DDPM/SMLD override it."""
+        dt = 1.0 / n
+        return self.drift(x, t) * dt, self.diffusion(t) ** 2 * dt
+
+    def discrete_langevin_alpha(self, t, n: int):
+        """alpha_i of the Langevin corrector on N discrete scales: 1 unless overridden."""
+        del n
+        return jnp.ones(jnp.shape(t))
+
+    def transition(self, x, t, dt):
+        """GDSS's Gaussian transition of the linear part (no score) from t to t + dt, dt < 0.
+
+        With x_t | x_{t+dt} ~ N(a x_{t+dt}, s^2) the forward kernel (a = alpha(t) / alpha(t+dt),
+        s^2 = sigma(t)^2 - a^2 sigma(t+dt)^2), returns (x / a, s): GDSS's convention, first-order
+        accurate for the reverse-time linear SDE (whose exact std is s / a). VP and VE override it
+        with GDSS's arithmetic.
+        """
+        a_t, s_t = self.coeffs(t)
+        a_p, s_p = self.coeffs(t + dt)
+        a = a_t / a_p
+        return x / bcast(a, x), jnp.sqrt(s_t**2 - (a * s_p) ** 2)
+
     def reverse(self, score_fn: Callable, probability_flow: bool = False) -> "ReverseSDE":
         """The reverse-time SDE, or the probability-flow ODE, driven by ``score_fn(x, t)``."""
         return ReverseSDE(self, score_fn, probability_flow)
@@ -55,6 +81,11 @@ class SDE(AffinePath):
     def pf_ode_velocity(self, score_fn: Callable) -> Callable:
         """dx/dt of the probability-flow ODE as a function (x, t) -> velocity."""
         return self.reverse(score_fn, probability_flow=True).drift
+
+
+def discrete_index(t, n: int):
+    """i = floor(t (N - 1)): the discrete scale of time t (score_sde, GDSS)."""
+    return jnp.floor(t * (n - 1)).astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ import math
 
 import jax.numpy as jnp
 
-from .base import SDE
+from .base import SDE, discrete_index
 from .registry import register_sde
 
 
@@ -49,3 +49,18 @@ class VESDE(SDE):
 
     def diffusion(self, t):
         return self.sigma(t) * math.sqrt(2.0 * math.log(self.sigma_max / self.sigma_min))
+
+    def discrete_sigmas(self, t, n: int):
+        """SMLD's (sigma_i, sigma_{i-1}), sigma = geomspace(sigma_min, sigma_max, N), sigma_{-1} = 0."""
+        i = discrete_index(t, n)
+        sig = jnp.exp(jnp.linspace(jnp.log(self.sigma_min), jnp.log(self.sigma_max), n))
+        return sig[i], jnp.where(i == 0, 0.0, sig[jnp.maximum(i - 1, 0)])
+
+    def discretize(self, x, t, n: int):
+        """SMLD (score_sde's VESDE.discretize): f = 0, G^2 = sigma_i^2 - sigma_{i-1}^2."""
+        sig, sig_prev = self.discrete_sigmas(t, n)
+        return jnp.zeros_like(x), sig**2 - sig_prev**2
+
+    def transition(self, x, t, dt):
+        """No drift: (x, sqrt(sigma(t)^2 - sigma(t+dt)^2)), exact in both time directions."""
+        return x, jnp.sqrt(self.sigma(t) ** 2 - self.sigma(t + dt) ** 2)
