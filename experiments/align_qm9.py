@@ -33,7 +33,8 @@ from diffalign.results import Timer, prepare_out, write_json, write_results
 
 
 def _load_gdss(run_dir: str):
-    from .graphs import load_data, trained_config, get_config, make_step
+    from diffalign.graphs.evaluation import load_data, trained_config
+    from .graphs import get_config, make_step
 
     tc = trained_config(run_dir)
     if tc["dataset"] != "QM9":

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from diffalign.data import digits as D
+from diffalign.metrics.digits import DigitClassifier
 from diffalign.losses import dsm_loss, flow_matching_loss
 from diffalign.models import ResidualMLP, functional
 from diffalign.paths import Predictor, get_path
@@ -132,7 +133,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     metrics["nfe"] = int(nfe)
     metrics["nfe_guided"] = 2 * int(nfe)
     with timer("accuracy"):
-        clf = _classifier(train_set)
+        clf = DigitClassifier(train_set["k"], train_set["y"])
         for scale in scales:
             labels = jnp.repeat(jnp.arange(D.NUM_CLASSES), cfg.eval_samples_per_class)
             x, _ = jax.jit(lambda k, y: sampler_for(y, scale, k))(jax.random.key(cfg.seed + 23), labels)
@@ -196,12 +197,3 @@ def _batched_loglik(pred, x, labels, process, divergence, key, chunk: int = 64):
         lp = f(jnp.pad(xs, ((0, pad), (0, 0))), jnp.pad(ys, (0, pad)), jax.random.fold_in(key, i))
         out.append(lp[: chunk - pad])
     return jnp.concatenate(out)
-
-
-def _classifier(train_set):
-    from sklearn.linear_model import LogisticRegression
-
-    clf = LogisticRegression(max_iter=2000)
-    clf.fit(train_set["k"].reshape(len(train_set["k"]), -1), train_set["y"])
-    return clf
-

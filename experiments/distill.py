@@ -122,7 +122,7 @@ def make_task(cfg: Config, n_ref: int) -> Task:
     if cfg.task == "digits":
         from diffalign.data import digits as D
 
-        from .align import DigitClassifier
+        from diffalign.metrics.digits import DigitClassifier
 
         train_set, test_set = D.load_digits()
         levels = np.asarray(train_set["k"]).reshape(-1, 64)

@@ -24,7 +24,7 @@ from diffalign.graphs.metrics import graph_mmds
 from diffalign.sampling.graph import evaluations_per_step
 from diffalign.training import init_train_state, make_optimizer, train
 
-from . import graphs as G
+from diffalign.graphs.evaluation import load_data, seed_summary, trained_config
 from diffalign.config import field
 from diffalign.results import Timer, prepare_out, write_results
 
@@ -91,11 +91,11 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     out = prepare_out(out)
     timer = Timer()
     t_start = time.perf_counter()
-    tc = G.trained_config(cfg.gdss_run)
+    tc = trained_config(cfg.gdss_run)
     gcfg = get_config(tc["dataset"])
     if gcfg.kind != "generic":
         raise ValueError(f"distill-graphs handles generic graph sets (MMD evaluation); {tc['dataset']} is a molecule set")
-    data = G.load_data(tc["dataset"], gcfg, tc.get("data_dir") or None)
+    data = load_data(tc["dataset"], gcfg, tc.get("data_dir") or None)
     model = build_model(gcfg, 0)
     opt, _ = make_step(model, data.flags)
     with Checkpointer(os.path.join(cfg.gdss_run, "checkpoints")) as ck:
@@ -110,7 +110,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
         for scales in cfg.teacher_scales:
             f = sampler(model, teacher, num_scales=scales)
             per_seed, secs, _ = _sample_scored(f, data, cfg.sample_seeds, n, data.sample_batch(n))
-            few[str(scales)] = {**G.seed_summary(per_seed, data.keys), "num_scales": scales, "sample_s_per_seed": secs,
+            few[str(scales)] = {**seed_summary(per_seed, data.keys), "num_scales": scales, "sample_s_per_seed": secs,
                                 "nfe_per_graph": scales * evaluations_per_step(gcfg.solver, gcfg.corrector)}
             print(f"teacher, N = {scales}: MMD average {few[str(scales)]['average']:.4f} in {secs:.2f} s per seed")
     metrics["teacher"] = {**few[str(cfg.teacher_scales[0])], "gdss_run": os.path.abspath(cfg.gdss_run)}
@@ -132,7 +132,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     gen = jax.jit(lambda k, fl: d.sample(d.generator_params(state), k, fl))
     with timer("student_sample"):
         per_seed, secs, graphs = _sample_scored(gen, data, cfg.sample_seeds, n, data.sample_batch(n))
-    metrics["student"] = {**G.seed_summary(per_seed, data.keys), "student_steps": cfg.student_steps,
+    metrics["student"] = {**seed_summary(per_seed, data.keys), "student_steps": cfg.student_steps,
                           "nfe_per_graph": cfg.student_steps * 2, "sample_s_per_seed": secs}
     metrics["student_over_teacher_average"] = metrics["student"]["average"] / metrics["teacher"]["average"]
     metrics["sampling_speedup"] = metrics["teacher"]["sample_s_per_seed"] / max(secs, 1e-9)

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from diffalign.theory import score_estimation as S
+from diffalign.theory import two_layer as T
 
 from diffalign.config import field, require_positive
 from diffalign.results import Timer, prepare_out, write_results
@@ -246,7 +247,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     timer = Timer()
     ks = S.iteration_grid(cfg.k_max, cfg.points_per_decade)
     net_steps = S.iteration_grid(cfg.network_steps, cfg.points_per_decade)
-    net = S.TwoLayerNet(cfg.width)
+    net = T.TwoLayerNet(cfg.width)
     with timer("closed_forms"):
         floor = S.label_noise_floor(S.BIMODAL, cfg.t_min, cfg.t_max)
         var_f = S.var_posterior_mean(S.BIMODAL, cfg.t_min, cfg.t_max)
@@ -282,7 +283,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
                 acc["empirical_ntk"][1].append(val)
             if n <= cfg.network_max_n and d < cfg.network_draws:
                 with timer("network"):
-                    res = S.train_two_layer(
+                    res = T.train_two_layer(
                         net.apply, params, data["z"], data["y"], lr=n / lam_max, record_steps=net_steps,
                         z_test=data["z_test"], f_test=data["f_test"], z_val=data["z_val"], y_val=data["y_val"])
                 if not np.all(np.isfinite(res["test_excess"])):

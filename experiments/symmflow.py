@@ -27,6 +27,7 @@ from flax import nnx
 
 from diffalign import symmflow as S
 from diffalign.data import digits as D
+from diffalign.metrics.digits import DigitClassifier
 from diffalign.metrics import frechet_distance, wasserstein2
 from diffalign.models import MLP, ResidualMLP, functional
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
@@ -200,7 +201,7 @@ def _digit_space(x):
 
 def run_digits(cfg: Config, seed: int, train_set, test_set, clf) -> tuple[dict, dict]:
     """Train on the digits with one seed; (metrics, generated pixel levels and their labels).
-    ``clf`` is the logistic regression of ``logistic_regression``."""
+    ``clf`` labels pixel levels (``metrics.digits.DigitClassifier.predict``)."""
     emb = S.label_embeddings(D.NUM_CLASSES, cfg.label_scale, signed=True)
     model = ResidualMLP(64 + D.NUM_CLASSES, cfg.digits_width, cfg.digits_depth, rngs=nnx.Rngs(seed))
     batch_fn = D.make_batch_fn(train_set, cfg.digits_batch, 10_000 + seed)
@@ -267,25 +268,6 @@ def summarise(per_seed: list[dict]) -> dict:
     return out
 
 
-def logistic_regression(train_set):
-    """A logistic regression on the training digits' pixel levels / 16: the plain classifier the
-    one-step accuracy is compared with, and the judge of the generated digits' class. Returns
-    ``predict(levels (N, 64)) -> labels``. BLAS runs on one thread: this fit is tiny, and
-    threads competing for shared cores made it 100x slower."""
-    from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        clf = LogisticRegression(max_iter=2000)
-        clf.fit(train_set["k"].reshape(len(train_set["k"]), -1) / 16.0, train_set["y"])
-
-    def predict(levels):
-        with threadpool_limits(limits=1):
-            return clf.predict(np.asarray(levels, np.float64).reshape(len(levels), -1) / 16.0)
-
-    return predict
-
-
 def _moons_picture(path, x, y, title):
     import matplotlib
 
@@ -323,7 +305,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
         metrics["moons"] = {**summarise(rows), **moons_references(cfg)}
     if cfg.task in ("both", "digits"):
         train_set, test_set = D.load_digits()
-        clf = logistic_regression(train_set)
+        clf = DigitClassifier(train_set["k"], train_set["y"]).predict
         rows = []
         for seed in cfg.seeds:
             with timer("digits"):

@@ -320,3 +320,21 @@ def test_a_gdss_step_with_accumulate_2_equals_the_full_batch():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-6)
     assert not bool(m2["nonfinite"])
+
+
+def test_the_flow_grpo_rollout_is_a_registered_sampler_and_euler_without_noise():
+    import jax.numpy as jnp
+
+    from diffalign.paths import LinearPath, Predictor
+    from diffalign.sampling import SAMPLERS, sample
+
+    apply_fn, params = functional(MLP(2, (16,), rngs=nnx.Rngs(0)))
+    pred = Predictor(lambda x, t: apply_fn(params, x, t), LinearPath(), "velocity")
+    x1 = jax.random.normal(jax.random.key(0), (64, 2))
+    assert "flow_grpo" in SAMPLERS
+    quiet, nfe = sample(jax.random.key(1), pred, x1, "flow_grpo", 8, a=0.0)
+    euler, _ = sample(None, pred, x1, "euler", 8)
+    assert nfe == 8
+    np.testing.assert_allclose(np.asarray(quiet), np.asarray(euler), rtol=1e-6, atol=1e-6)
+    noisy, _ = sample(jax.random.key(1), pred, x1, "flow_grpo", 8)
+    assert float(jnp.max(jnp.abs(noisy - euler))) > 1e-2

@@ -9,6 +9,7 @@ from flax import nnx
 
 from diffalign import align, losses
 from diffalign.align import rl
+from diffalign.sampling.flow_sde import flow_sde_sigma, flow_sde_step_moments
 from diffalign.models import MLP, functional
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
 
@@ -17,7 +18,7 @@ def test_flow_grpo_step_log_prob_is_the_gaussian_density():
     key = jax.random.key(0)
     x, v, x_next = (jax.random.normal(jax.random.fold_in(key, i), (5, 3)) for i in range(3))
     t, t_next, t_cap, a = jnp.full(5, 0.6), jnp.full(5, 0.5), 0.9, 0.7
-    mean, std = rl.flow_sde_step_moments(v, x, t, t_next, t_cap, a)
+    mean, std = flow_sde_step_moments(v, x, t, t_next, t_cap, a)
     sigma = a * np.sqrt(0.6 / 0.4)
     dt = 0.1
     m = np.asarray(x) * (1 - sigma**2 * dt / 1.2) - dt * (1 + sigma**2 * 0.4 / 1.2) * np.asarray(v)
@@ -28,7 +29,7 @@ def test_flow_grpo_step_log_prob_is_the_gaussian_density():
     dens = norm.logpdf(np.asarray(x_next), loc=m, scale=sigma * np.sqrt(dt)).mean(-1)
     np.testing.assert_allclose(rl.gaussian_log_prob(x_next, mean, std), dens, rtol=1e-5)
     # t = 1 uses the grid's largest t below 1 in sigma's denominator (finite)
-    assert np.isfinite(float(rl.flow_sde_sigma(1.0, 0.9)))
+    assert np.isfinite(float(flow_sde_sigma(1.0, 0.9)))
 
 
 def test_flow_grpo_sde_keeps_the_marginals_of_gaussian_data():
@@ -157,7 +158,7 @@ def test_ddpo_rows_pair_each_transition_with_its_own_sample():
     ts = np.asarray(rl.rollout_grid(4))
     traj = np.asarray(roll["trajectory"])
     v = apply_fn(params, jnp.asarray(traj[1]), jnp.full(5, ts[1]))
-    mean, std = rl.flow_sde_step_moments(v, jnp.asarray(traj[1]), jnp.full(5, ts[1]), jnp.full(5, ts[2]), ts[1])
+    mean, std = flow_sde_step_moments(v, jnp.asarray(traj[1]), jnp.full(5, ts[1]), jnp.full(5, ts[2]), ts[1])
     expect = -rl.gaussian_log_prob(jnp.asarray(traj[2]), mean, std)
     np.testing.assert_allclose(np.asarray(out["per_example"]).reshape(3, 5)[1], expect, rtol=1e-5)
 

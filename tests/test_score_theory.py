@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from diffalign.theory import score_estimation as S
+from diffalign.theory import two_layer as T
 from clitools import cli
 
 # ----------------------------------------------------------------------------- closed forms
@@ -107,7 +108,7 @@ def test_empirical_ntk_of_a_wide_network_converges_to_the_analytic_ntk():
     k = S.analytic_ntk(z)
     errs = {}
     for width in (128, 32_768):
-        net = S.TwoLayerNet(width)
+        net = T.TwoLayerNet(width)
         k_emp = S.empirical_ntk(net.apply, net.init(jax.random.key(width)), z)
         errs[width] = np.linalg.norm(k_emp - k) / np.linalg.norm(k)
     assert errs[32_768] < 0.02, errs
@@ -116,7 +117,7 @@ def test_empirical_ntk_of_a_wide_network_converges_to_the_analytic_ntk():
 
 def test_empirical_ntk_agrees_with_explicit_jacobians_and_jvp_matvecs():
     z1, z2 = _some_features(9, seed=1), _some_features(13, seed=2)
-    net = S.TwoLayerNet(64)
+    net = T.TwoLayerNet(64)
     params = net.init(jax.random.key(0))
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
@@ -222,13 +223,13 @@ def test_symmetric_network_starts_at_zero_and_tracks_kernel_gd_when_wide():
     steps = np.array([1, 3, 10, 30, 100])
     rel = {}
     for width in (512, 8192):
-        net = S.TwoLayerNet(width)
+        net = T.TwoLayerNet(width)
         params = net.init(jax.random.key(1))
         if width == 8192:
             # f_0 = 0 up to float32 summation round-off (the outputs are O(1))
             assert float(jnp.abs(net.apply(params, jnp.asarray(zt, jnp.float32))).max()) < 1e-5
         gd = S.KernelGD(S.empirical_ntk(net.apply, params, z), x0)
-        res = S.train_two_layer(net.apply, params, z, x0, lr=n * gd.eta, record_steps=steps,
+        res = T.train_two_layer(net.apply, params, z, x0, lr=n * gd.eta, record_steps=steps,
                                 z_test=zt, f_test=np.zeros(200), z_val=zt, y_val=np.zeros(200))
         kernel_pred = gd.predict(S.empirical_ntk(net.apply, params, zt, z), steps)  # (200, steps)
         err = np.abs(res["held_out_pred"].T - kernel_pred).max(axis=0)
@@ -236,7 +237,7 @@ def test_symmetric_network_starts_at_zero_and_tracks_kernel_gd_when_wide():
         assert np.all(np.diff(res["train_loss"]) < 0)        # GD on a loss convex in function space
     assert np.all(rel[8192] < 0.03), rel
     assert rel[8192][-1] < rel[512][-1] / 2, rel
-    unsym = S.TwoLayerNet(8192, symmetric=False)
+    unsym = T.TwoLayerNet(8192, symmetric=False)
     assert float(jnp.abs(unsym.apply(unsym.init(jax.random.key(1)), jnp.asarray(zt, jnp.float32))).max()) > 0.1
 
 
@@ -289,7 +290,7 @@ def test_bad_input_is_refused_clearly():
     with pytest.raises(ValueError, match="cross kernel"):
         S.KernelGD(np.eye(3), np.ones(3)).predict(np.ones((2, 4)), [1])
     with pytest.raises(ValueError, match="even width"):
-        S.TwoLayerNet(7)
+        T.TwoLayerNet(7)
     params = {"w": jnp.ones((3,))}
     column = lambda p, z: (z @ p["w"])[:, None]  # noqa: E731  (B, 1), not (B,)
     for fn in (S.empirical_ntk, S.tangent_features):
@@ -301,16 +302,16 @@ def test_bad_input_is_refused_clearly():
         S.excess_risk(np.ones(3), np.ones(4))
     with pytest.raises(ValueError, match="k_max >= 1"):
         S.iteration_grid(0)
-    net = S.TwoLayerNet(4)
+    net = T.TwoLayerNet(4)
     p = net.init(jax.random.key(0))
     with pytest.raises(ValueError, match="v must have shape"):
         S.ntk_matvec(net.apply, p, np.ones((2, 3)), np.ones((3, 3)), np.ones(2))
     z = np.ones((5, 3))
     with pytest.raises(ValueError, match="increasing"):
-        S.train_two_layer(net.apply, p, z, np.ones(5), lr=0.1, record_steps=[5, 3],
+        T.train_two_layer(net.apply, p, z, np.ones(5), lr=0.1, record_steps=[5, 3],
                           z_test=z, f_test=np.ones(5), z_val=z, y_val=np.ones(5))
     with pytest.raises(ValueError, match="test inputs"):
-        S.train_two_layer(net.apply, p, z, np.ones(5), lr=0.1, record_steps=[1],
+        T.train_two_layer(net.apply, p, z, np.ones(5), lr=0.1, record_steps=[1],
                           z_test=z, f_test=np.ones(4), z_val=z, y_val=np.ones(5))
 
 

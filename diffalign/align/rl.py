@@ -34,10 +34,8 @@ from ..losses.flow_matching import flow_matching_loss
 from ..paths.base import AffinePath, LinearPath
 from ..paths.conversions import Predictor
 from ..sampling import deterministic
+from ..sampling.flow_sde import GRPO_NOISE, flow_grpo_sde, flow_sde_step_moments
 from .awm import ema_anchor_decay
-
-GRPO_NOISE = 0.7  # Flow-GRPO's a in sigma_t = a sqrt(t / (1 - t))
-
 
 def _apply(apply_fn, params, x, t, y):
     return apply_fn(params, x, t) if y is None else apply_fn(params, x, t, y)
@@ -48,27 +46,6 @@ def rollout_grid(steps: int) -> jax.Array:
     if steps < 2:
         raise ValueError(f"rollouts need at least 2 steps, got {steps}")
     return jnp.linspace(1.0, 0.0, steps + 1)
-
-
-def flow_sde_sigma(t, t_cap, a: float = GRPO_NOISE):
-    """Flow-GRPO's noise level a sqrt(t / (1 - t)), with t = 1 in the denominator replaced by
-    ``t_cap`` (the grid's largest time below 1), as its code does."""
-    return a * jnp.sqrt(t / (1.0 - jnp.minimum(t, t_cap)))
-
-
-def flow_sde_step_moments(v, x, t, t_next, t_cap, a: float = GRPO_NOISE):
-    """Mean and std of Flow-GRPO's step from t to t_next < t (dt = t - t_next):
-
-        mean = x (1 - sigma^2 dt / (2 t)) - dt (1 + sigma^2 (1 - t) / (2 t)) v,   std = sigma sqrt(dt).
-
-    ``t``, ``t_next`` broadcast against x's leading axis; the step to t_next = 0 is left to the
-    caller (it is taken deterministically)."""
-    t = jnp.reshape(t, (-1,) + (1,) * (x.ndim - 1))
-    t_next = jnp.reshape(t_next, t.shape)
-    dt = t - t_next
-    s = flow_sde_sigma(t, t_cap, a)
-    mean = x * (1.0 - s**2 * dt / (2.0 * t)) - dt * (1.0 + s**2 * (1.0 - t) / (2.0 * t)) * v
-    return mean, s * jnp.sqrt(dt)
 
 
 def gaussian_log_prob(x, mean, std):
@@ -91,18 +68,7 @@ def sample_flow(key, apply_fn, params, x1, steps: int, *, y=None, stochastic: bo
         pred = Predictor(lambda x, t: _apply(apply_fn, params, x, t, y), LinearPath(), "velocity")
         return deterministic.euler(pred, x1, steps, ts=ts)
 
-    def body(x, inp):
-        (t, t_next), i = inp
-        tb = jnp.full((x.shape[0],), t, x.dtype)
-        v = _apply(apply_fn, params, x, tb, y)
-        k = jax.random.fold_in(key, i)
-        mean, std = flow_sde_step_moments(v, x, tb, jnp.full_like(tb, t_next), ts[1], a)
-        noisy = mean + std * jax.random.normal(k, x.shape, x.dtype)
-        x = jnp.where(t_next > 0, noisy, x - (t - t_next) * v)
-        return x, x
-
-    x, xs = jax.lax.scan(body, x1, ((ts[:-1], ts[1:]), jnp.arange(steps)))
-    return x, jnp.concatenate([x1[None], xs])
+    return flow_grpo_sde(key, lambda x, t: _apply(apply_fn, params, x, t, y), x1, ts, a)
 
 
 def flow_rollout(num_samples: int, shape: tuple[int, ...], *, steps: int = 14, stochastic: bool = False,

@@ -18,7 +18,8 @@ from .objectives import (
 from .phased import PhasedDMD as PhasedDMD
 from .tdm import TDM as TDM, labels_from_null as labels_from_null
 
-METHODS = {cls.name: cls for cls in (DMD, DMD2, PhasedDMD, TDM)}
+METHOD_CLASSES = {cls.name: cls for cls in (DMD, DMD2, PhasedDMD, TDM)}
+METHODS = tuple(METHOD_CLASSES)
 
 # settings that belong to one method, with the value under which another method ignores them
 # (None: always ignored elsewhere, as a command line passes its defaults to every method)
@@ -32,8 +33,8 @@ def Distiller(method: str, *args, **kwargs) -> DistillationMethod:  # noqa: N802
     A command line passes every method's settings at once: a setting of another method is
     ignored while it has its neutral value and refused otherwise."""
     if method not in METHODS:
-        raise ValueError(f"unknown distillation method {method!r}; expected one of {tuple(METHODS)}")
-    cls = METHODS[method]
+        raise ValueError(f"unknown distillation method {method!r}; expected one of {METHODS}")
+    cls = METHOD_CLASSES[method]
     own = {f.name for f in _dataclasses.fields(cls)}
     for name in [k for k in kwargs if k not in own]:
         where, neutral = _ONLY.get(name, (None, object()))

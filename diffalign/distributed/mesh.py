@@ -104,8 +104,8 @@ def param_specs(params):
 
 def _fit(spec: P, ndim: int) -> P:
     """A leaf with more axes than its annotation is a stack of copies (Phased DMD's experts):
-    the annotation applies to its trailing axes."""
-    return P(*([None] * (ndim - len(spec))), *spec) if len(spec) < ndim else spec
+    the annotation applies to its trailing axes (an empty one, replicated, stays as it is)."""
+    return P(*([None] * (ndim - len(spec))), *spec) if 0 < len(spec) < ndim else spec
 
 
 def _check_spec(spec: P, shape, mesh: Mesh, where: str) -> None:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from ..paths.conversions import Predictor
 from ..sde.base import SDE
-from . import adaptive, deterministic, stochastic
+from . import adaptive, deterministic, flow_sde, stochastic
 from .registry import Registry
 
 SAMPLER_REGISTRY = Registry("sampler")
@@ -92,3 +92,11 @@ def _pc(key, pred, x_T, steps, **kwargs):
 def _adaptive(key, pred, x_T, steps, **kwargs):
     x, stats = adaptive.solve_ode(pred.velocity, x_T, pred.path.t_max, pred.path.t_min, **kwargs)
     return x, jnp.mean(stats["nfe"])
+
+
+@register_sampler("flow_grpo")
+def _flow_grpo(key, pred, x_T, steps, *, a: float = flow_sde.GRPO_NOISE):
+    """Flow-GRPO's SDE on the uniform grid (a rectified-flow model's velocity); NFE = steps."""
+    check_steps(steps)
+    ts = jnp.linspace(pred.path.t_max, pred.path.t_min, steps + 1)
+    return flow_sde.flow_grpo_sde(key, pred.velocity, x_T, ts, a)[0], steps

@@ -4,11 +4,11 @@
 (kernel) gradient descent, and early stopping (Han, Razaviyayn, Xu, ICLR 2024).
 """
 
+from .two_layer import TwoLayerNet, train_two_layer
 from .score_estimation import (
     BIMODAL,
     GaussianMixture1D,
     KernelGD,
-    TwoLayerNet,
     analytic_ntk,
     empirical_ntk,
     excess_risk,
@@ -23,7 +23,6 @@ from .score_estimation import (
     posterior_variance,
     sample_triples,
     tangent_features,
-    train_two_layer,
     var_posterior_mean,
 )
 
