@@ -15,6 +15,8 @@ import sys
 import time
 from importlib import metadata
 
+from .config import as_dict
+
 
 def versions() -> dict:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
@@ -31,10 +33,15 @@ def versions() -> dict:
 
 
 class Timer:
-    """Named wall-clock timings: ``with timer("train"): ...``; ``timer.times`` in seconds."""
+    """Named wall-clock timings: ``with timer("train"): ...``; ``timer.times`` in seconds, and
+    ``timer.timings(...)`` those with the total since the timer was made."""
 
     def __init__(self):
         self.times: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    def timings(self, **extra) -> dict:
+        return {**self.times, **extra, "total_s": time.perf_counter() - self.started}
 
     @contextlib.contextmanager
     def __call__(self, name: str):
@@ -65,7 +72,7 @@ def _default(o):
     if hasattr(o, "item"):
         return o.item()
     if dataclasses.is_dataclass(o):
-        return dataclasses.asdict(o)
+        return as_dict(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
@@ -73,7 +80,7 @@ def write_results(out: str, *, experiment: str, config, metrics: dict, timings: 
     results = {
         "experiment": experiment,
         "metrics": metrics,
-        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
+        "config": as_dict(config) if dataclasses.is_dataclass(config) else config,
         "versions": versions(),
         "timings": timings,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -84,6 +91,12 @@ def write_results(out: str, *, experiment: str, config, metrics: dict, timings: 
     from .distributed import is_main_process
 
     return write_json(path, results) if is_main_process() else path
+
+
+def begin(config, out: str, smoke: bool = False):
+    """Every experiment's first lines: ``(config, out, timer)`` with the smoke-size config when
+    ``smoke``, the output directory made (or a clear error) and a timer started."""
+    return (config.smoke() if smoke else config), prepare_out(out), Timer()
 
 
 def prepare_out(out: str) -> str:

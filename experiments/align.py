@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from typing import NamedTuple
 
 import jax
@@ -30,13 +29,13 @@ from diffalign import align
 from diffalign.align import rl
 from diffalign.align.lora import lora
 from diffalign.align.tasks import RingReward
-from diffalign.metrics.digits import DigitClassifier
+from diffalign.metrics.digits import DigitClass, DigitClassifier
 from diffalign.losses import flow_matching_loss
 from diffalign.models import MLP, functional
 from diffalign.training import NonFiniteLossError, init_train_state, make_optimizer, make_train_step, train
 
-from diffalign.config import field, require_positive, validate_choices
-from diffalign.results import Timer, prepare_out, write_results
+from diffalign.config import LoopConfig, as_dict, field, replace, require_positive, validate_choices
+from diffalign.results import begin, write_results
 
 NAME = "align"
 DESCRIPTION = (
@@ -81,9 +80,12 @@ class Config:
                                   "gdss_run) to score instead of sampling the base model again")
     lora_rank: int = field(0, "train LoRA adapters of this rank on every weight matrix (0 = all parameters)")
     pretrain_dir: str = field("", "ring/digits: reuse the pretraining in this directory (an earlier run's OUT/pretrain)")
-    seed: int = field(0, "RL seed (rollouts, re-noising)")
     pretrain_seed: int = field(0, "pretraining seed (shared by runs that compare methods)")
-    checkpoint_every: int = field(25, "checkpoint interval in epochs")
+    loop: LoopConfig = field(
+        LoopConfig(steps_per_call=1, log_every=1, checkpoint_every=25), "the RL loop (one step is one epoch)",
+        nested_help={"seed": "RL seed (rollouts, re-noising)", "steps_per_call": "RL epochs per compiled chunk",
+                     "log_every": "log interval in epochs (one row of the curves per log)",
+                     "checkpoint_every": "checkpoint interval in epochs"})
 
     def __post_init__(self):
         validate_choices(self)
@@ -92,8 +94,7 @@ class Config:
                 object.__setattr__(self, name, per_task[self.task])
         if self.task == "qm9" and self.method != "awm":
             raise ValueError(f"the qm9 task runs awm only, got --method {self.method}")
-        require_positive(self, "epochs", "samples_per_epoch", "num_times", "eval_samples", "pretrain_steps",
-                         "checkpoint_every")
+        require_positive(self, "epochs", "samples_per_epoch", "num_times", "eval_samples", "pretrain_steps")
         if self.rollout_steps < 2:
             raise ValueError(f"rollout_steps must be >= 2, got {self.rollout_steps}")
         if self.lr <= 0 or self.clip_norm <= 0:
@@ -115,7 +116,7 @@ class Config:
         small = {"epochs": 6, "samples_per_epoch": 64, "eval_samples": 256, "pretrain_steps": 200, "checkpoint_every": 3}
         if self.task == "qm9":
             small.update(epochs=3, samples_per_epoch=8, eval_samples=64, rollout_steps=50)
-        return dataclasses.replace(self, **small)
+        return replace(self, **small)
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -216,22 +217,21 @@ def align_run(cfg: Config, task: Task, apply_fn, ref_params, workdir: str | None
     """The RL epochs, on all parameters or, with ``lora_rank``, on LoRA adapters of the pretrained model."""
     merge = None
     if cfg.lora_rank:
-        apply_fn, init = lora(apply_fn, ref_params, jax.random.key(cfg.seed + 99), rank=cfg.lora_rank)
+        apply_fn, init = lora(apply_fn, ref_params, jax.random.key(cfg.loop.seed + 99), rank=cfg.lora_rank)
         merge = apply_fn.merged
     else:
         init = ref_params
     loss_fn, transform = objective(cfg, apply_fn, task)
     opt = make_optimizer(cfg.lr, clip_norm=cfg.clip_norm)
     aux = rl.awm_aux(init)  # under LoRA the reference is the adapters' initial value: the base model
-    state = init_train_state(init, opt, jax.random.key(cfg.seed), transform, ema=False, aux=aux)
+    state = init_train_state(init, opt, jax.random.key(cfg.loop.seed), transform, ema=False, aux=aux)
     step = make_train_step(loss_fn, opt, transform, aux_update=rl.ema_anchor_update)
     rows: list[dict] = []
     try:
         result = train(
-            state, step, lambda s: {}, num_steps=cfg.epochs, workdir=workdir, config=dataclasses.asdict(cfg),
-            steps_per_call=1, log_every=1, checkpoint_every=cfg.checkpoint_every, progress=progress,
-            desc=f"{cfg.method}", on_log=lambda s, m: rows.append(m),
-            resume_ignore=("eval_samples", "checkpoint_every", "pretrain_dir"),
+            state, step, lambda s: {}, num_steps=cfg.epochs, workdir=workdir, config=as_dict(cfg), progress=progress,
+            desc=f"{cfg.method}", on_log=lambda s, m: rows.append(m), resume_ignore=("eval_samples", "pretrain_dir"),
+            **cfg.loop.train_kwargs(),
         )
         state, summary = result.state, result.summary
     except NonFiniteLossError as e:  # a diverging objective is a result, not a crash
@@ -254,15 +254,11 @@ def evaluate(task: Task, apply_fn, params, n: int, seed: int):
 
 
 def run(cfg: Config, out: str, smoke: bool = False) -> dict:
-    if smoke:
-        cfg = cfg.smoke()
+    cfg, out, timer = begin(cfg, out, smoke)
     if cfg.task == "qm9":
         from .align_qm9 import run_qm9
 
-        return run_qm9(cfg, out, smoke)
-    out = prepare_out(out)
-    timer = Timer()
-    t0 = time.perf_counter()
+        return run_qm9(cfg, out, timer, smoke)
     task = Task(cfg)
     with timer("pretrain"):
         apply_fn, ref_params, pre_summary = pretrain(task, cfg, cfg.pretrain_dir or os.path.join(out, "pretrain"))
@@ -293,8 +289,8 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     }
     if cfg.task == "digits":
         real = task.levels[task.labels == cfg.target_class]
-        metrics["base_class"] = task.classifier.class_report(base_x, real, cfg.target_class)
-        metrics["final_class"] = task.classifier.class_report(x, real, cfg.target_class)
+        judge = DigitClass(task.classifier, real, cfg.target_class)
+        metrics["base_class"], metrics["final_class"] = judge.score(base_x), judge.score(x)
         metrics["target_fraction"] = metrics["final_class"]["class_fraction"]
         metrics["base_target_fraction"] = metrics["base_class"]["class_fraction"]
         if "frechet_logits" in metrics["final_class"] and "frechet_logits" in metrics["base_class"]:
@@ -308,9 +304,8 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     np.savez(os.path.join(out, "samples.npz"), samples=x, base_samples=base_x)
     picture = _plot(os.path.join(out, "alignment.png"), cfg, task, base_x, x, curves, score)
     metrics["diverged_at"] = None
-    timings = {**timer.times, "pretrain_compile_s": pre_summary["compile_s"], "align_compile_s": summary["compile_s"],
-               "align_run_s": summary["train_s"], "epoch_s": summary["train_s"] / max(summary["steps_run"], 1),
-               "total_s": time.perf_counter() - t0}
+    timings = timer.timings(**{"pretrain_compile_s": pre_summary["compile_s"], "align_compile_s": summary["compile_s"],
+               "align_run_s": summary["train_s"], "epoch_s": summary["train_s"] / max(summary["steps_run"], 1)})
     write_results(out, experiment=NAME, config=cfg, metrics=metrics, timings=timings,
                   extra={"smoke": smoke, "curves": curves, "picture": picture,
                          "final_reward": metrics["final_reward"], "epochs_to_target": metrics["epochs_to_target"]})

@@ -15,9 +15,7 @@ froze the model in a 25-epoch pilot, 0.003 let it move.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import time
 
 import jax
 import numpy as np
@@ -29,7 +27,8 @@ from diffalign.graphs.align import awm_graph_loss, qed_reward, qed_scores
 from diffalign.graphs.gdss import build_model, sample_flags, sampler
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
 
-from diffalign.results import Timer, prepare_out, write_json, write_results
+from diffalign.config import as_dict
+from diffalign.results import write_json, write_results
 
 
 def _load_gdss(run_dir: str):
@@ -62,14 +61,14 @@ def _tiny_gdss(out: str) -> str:
 def _score(data, model, params, cfg, out, tag, timer):
     """Sample ``eval_samples`` molecules (the config's sampler, one batch as GDSS does) and score them."""
     f = sampler(model, params)
-    key = jax.random.key(cfg.seed + 4242)
+    key = jax.random.key(cfg.loop.seed + 4242)
     flags = sample_flags(jax.random.fold_in(key, 0), data.flags, cfg.eval_samples)
     with timer(f"sample_{tag}"):
         x, adj = f(jax.random.fold_in(key, 1), flags)
         x, adj = np.asarray(x), np.asarray(jax.block_until_ready(adj))
     with timer(f"score_{tag}"):
         m = data.save_and_score(x, adj, np.asarray(flags), out, tag, False, True)
-        types, bonds = data.M.quantize(x, adj)
+        types, bonds = data.quantize(x, adj)
         m.update(_qed_summary(types, bonds))
     return m
 
@@ -80,10 +79,9 @@ def _qed_summary(types, bonds):
             "num_samples": int(len(types))}
 
 
-def run_qm9(cfg, out: str, smoke: bool) -> dict:
-    out = prepare_out(out)
-    timer = Timer()
-    t0 = time.perf_counter()
+def run_qm9(cfg, out: str, timer, smoke: bool) -> dict:
+    """``align --task qm9``: ``cfg`` (already at smoke size if asked), ``out`` made and ``timer``
+    started by ``align.run``."""
     gdss_run = cfg.gdss_run or (_tiny_gdss(out) if smoke else "")
     if not gdss_run:
         raise ValueError("--task qm9 needs --gdss-run DIR, a `diffalign graphs train --dataset QM9` run")
@@ -93,7 +91,7 @@ def run_qm9(cfg, out: str, smoke: bool) -> dict:
                              num_scales=cfg.rollout_steps)
     transform = align.awm(weighting=cfg.weighting, beta=cfg.beta, beta_ema=cfg.beta_ema)
     opt = make_optimizer(cfg.lr, clip_norm=cfg.clip_norm)
-    state = init_train_state(ref, opt, jax.random.key(cfg.seed), transform, ema=False, aux=rl.awm_aux(ref))
+    state = init_train_state(ref, opt, jax.random.key(cfg.loop.seed), transform, ema=False, aux=rl.awm_aux(ref))
     step = make_train_step(loss_fn, opt, transform, aux_update=rl.ema_anchor_update)
     rows: list[dict] = []
     workdir = os.path.join(out, "align")
@@ -102,10 +100,9 @@ def run_qm9(cfg, out: str, smoke: bool) -> dict:
 
     with timer("align"):
         try:
-            result = train(state, step, lambda s: {}, num_steps=cfg.epochs, workdir=workdir,
-                           config=dataclasses.asdict(cfg), steps_per_call=1, log_every=1,
-                           checkpoint_every=cfg.checkpoint_every, desc="awm qm9", on_log=lambda s, m: rows.append(m),
-                           resume_ignore=("eval_samples", "checkpoint_every", "base_samples"))
+            result = train(state, step, lambda s: {}, num_steps=cfg.epochs, workdir=workdir, config=as_dict(cfg),
+                           desc="awm qm9", on_log=lambda s, m: rows.append(m),
+                           resume_ignore=("eval_samples", "base_samples"), **cfg.loop.train_kwargs())
         except NonFiniteLossError as e:  # a diverging run is a result: keep its curves, say where it stopped
             rows = [{k: v for k, v in r.items() if k != "step"} for r in read_log(workdir)]
             curves = {k: [r.get(k) for r in rows] for k in rows[0]} if rows else {}
@@ -120,8 +117,8 @@ def run_qm9(cfg, out: str, smoke: bool) -> dict:
     final = _score(data, model, result.state.params, cfg, out, "aligned", timer)
     if cfg.base_samples:
         with timer("score_base"):
-            types, bonds = data.M.load_quantized(cfg.base_samples, "QM9")
-            base = data._decode_and_score(types, bonds, out, "base", False)
+            types, bonds = data.load_samples(cfg.base_samples)
+            base = data.score_quantized(types, bonds, out, "base")
             base.update(_qed_summary(types, bonds))
     else:
         base = _score(data, model, ref, cfg, out, "base", timer)
@@ -134,9 +131,8 @@ def run_qm9(cfg, out: str, smoke: bool) -> dict:
     }
     for k in ("validity_wo_correction", "uniqueness", "novelty"):
         metrics[f"{k}_change_points"] = 100 * (final[k] - base[k])
-    timings = {**timer.times, "align_compile_s": result.summary["compile_s"], "align_run_s": result.summary["train_s"],
-               "epoch_s": result.summary["train_s"] / max(result.summary["steps_run"], 1),
-               "total_s": time.perf_counter() - t0}
+    timings = timer.timings(align_compile_s=result.summary["compile_s"], align_run_s=result.summary["train_s"],
+                            epoch_s=result.summary["train_s"] / max(result.summary["steps_run"], 1))
     write_json(os.path.join(out, "curves.json"), curves)
     picture = _plot(os.path.join(out, "alignment.png"), curves, cfg)
     write_results(out, experiment="align", config=cfg, metrics=metrics, timings=timings,

@@ -18,8 +18,8 @@ import time
 import numpy as np
 
 from . import align as A
-from diffalign.config import field
-from diffalign.results import Timer, prepare_out, write_json, write_results
+from diffalign.config import build, field
+from diffalign.results import begin, write_json, write_results
 
 NAME = "align-sweep"
 DESCRIPTION = "AWM vs the DDPO / Flow-GRPO baseline on the ring: learning rates x seeds, and AWM's beta sweep."
@@ -43,8 +43,8 @@ class Config:
 
 
 def _one(cfg: Config, task, apply_fn, ref, method, lr, seed, beta):
-    rc = A.Config(task="ring", method=method, epochs=cfg.epochs, lr=lr, seed=seed, beta=beta, target=cfg.target,
-                  pretrain_steps=cfg.pretrain_steps)
+    rc = build(A.Config, task="ring", method=method, epochs=cfg.epochs, lr=lr, seed=seed, beta=beta, target=cfg.target,
+                     pretrain_steps=cfg.pretrain_steps)
     t0 = time.perf_counter()
     state, params, rows, summary = A.align_run(rc, task, apply_fn, ref, None, progress=False)
     if state is None:  # diverged: the epochs it ran are kept, the final evaluation is not possible
@@ -123,10 +123,7 @@ def summarise(rows, cfg: Config) -> dict:
 
 
 def run(cfg: Config, out: str, smoke: bool = False) -> dict:
-    if smoke:
-        cfg = cfg.smoke()
-    out = prepare_out(out)
-    timer = Timer()
+    cfg, out, timer = begin(cfg, out, smoke)
     base_cfg = A.Config(task="ring", pretrain_steps=cfg.pretrain_steps)
     task = A.Task(base_cfg)
     with timer("pretrain"):

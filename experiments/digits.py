@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +26,8 @@ from diffalign.sampling import SAMPLERS, bits_per_dim, guided, log_likelihood, s
 from diffalign.sde import SDE
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
 
-from diffalign.config import field, require_positive, validate_choices
-from diffalign.results import Timer, prepare_out, write_results
+from diffalign.config import LoopConfig, as_dict, field, replace, require_positive, validate_choices
+from diffalign.results import begin, write_results
 
 NAME = "digits"
 DESCRIPTION = (
@@ -57,10 +56,7 @@ class Config:
     bpd_images: int = field(299, "held-out images for bits/dim (all 299 by default)")
     divergence: str = field("exact", "trace estimator for the likelihood", choices=("exact", "hutchinson"))
     ve_sigma_max: float = field(10.0, "VE sigma_max")
-    seed: int = field(0, "training seed")
-    steps_per_call: int = field(250, "training steps per compiled chunk")
-    log_every: int = field(1000, "log interval")
-    checkpoint_every: int = field(5000, "checkpoint interval")
+    loop: LoopConfig = field(LoopConfig(steps_per_call=250, log_every=1000, checkpoint_every=5000), "training loop")
 
     def __post_init__(self):
         validate_choices(self)
@@ -74,7 +70,7 @@ class Config:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
     def smoke(self) -> "Config":
-        return dataclasses.replace(
+        return replace(
             self, steps=200, per_class=4, eval_samples_per_class=10, bpd_images=16, sample_steps=10,
             log_every=100, steps_per_call=100, checkpoint_every=200, divergence="hutchinson",
         )
@@ -88,14 +84,10 @@ def _process(cfg: Config):
 
 
 def run(cfg: Config, out: str, smoke: bool = False) -> dict:
-    if smoke:
-        cfg = cfg.smoke()
-    out = prepare_out(out)
-    timer = Timer()
-    t0 = time.perf_counter()
+    cfg, out, timer = begin(cfg, out, smoke)
     train_set, test_set = D.load_digits()
     process, parametrization = _process(cfg)
-    model = ResidualMLP(64, cfg.width, cfg.depth, num_classes=D.NUM_CLASSES, rngs=nnx.Rngs(cfg.seed))
+    model = ResidualMLP(64, cfg.width, cfg.depth, num_classes=D.NUM_CLASSES, rngs=nnx.Rngs(cfg.loop.seed))
     apply_fn, params = functional(model)
     common = {"label_dropout": cfg.label_dropout, "num_classes": D.NUM_CLASSES}
     if isinstance(process, SDE):
@@ -103,13 +95,12 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     else:
         loss_fn = flow_matching_loss(apply_fn, path=process, **common)
     opt = make_optimizer(cfg.lr, schedule="cosine", num_steps=cfg.steps, clip_norm=cfg.clip_norm)
-    state = init_train_state(params, opt, jax.random.key(cfg.seed))
+    state = init_train_state(params, opt, jax.random.key(cfg.loop.seed))
     step = make_train_step(loss_fn, opt, ema_decay=cfg.ema_decay, ema_warmup=True)
-    batch_fn = D.make_batch_fn(train_set, cfg.batch_size, cfg.seed + 1)
+    batch_fn = D.make_batch_fn(train_set, cfg.batch_size, cfg.loop.seed + 1)
     with timer("train"):
         result = train(
-            state, step, batch_fn, num_steps=cfg.steps, workdir=out, config=dataclasses.asdict(cfg),
-            steps_per_call=cfg.steps_per_call, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+            state, step, batch_fn, num_steps=cfg.steps, workdir=out, config=as_dict(cfg), **cfg.loop.train_kwargs(),
         )
     params = result.state.eval_params()
 
@@ -127,7 +118,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     with timer("sample"):
         for scale in scales:
             labels = jnp.repeat(jnp.arange(D.NUM_CLASSES), cfg.per_class)
-            x, nfe = jax.jit(lambda k, y: sampler_for(y, scale, k))(jax.random.key(cfg.seed + 17), labels)
+            x, nfe = jax.jit(lambda k, y: sampler_for(y, scale, k))(jax.random.key(cfg.loop.seed + 17), labels)
             grids[scale] = np.asarray(D.to_levels(x.reshape(-1, 8, 8)))
     # a guided evaluation is one network call on a doubled batch: twice the work of an unguided one
     metrics["nfe"] = int(nfe)
@@ -136,7 +127,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
         clf = DigitClassifier(train_set["k"], train_set["y"])
         for scale in scales:
             labels = jnp.repeat(jnp.arange(D.NUM_CLASSES), cfg.eval_samples_per_class)
-            x, _ = jax.jit(lambda k, y: sampler_for(y, scale, k))(jax.random.key(cfg.seed + 23), labels)
+            x, _ = jax.jit(lambda k, y: sampler_for(y, scale, k))(jax.random.key(cfg.loop.seed + 23), labels)
             levels = np.asarray(D.to_levels(x)).reshape(len(labels), -1)
             metrics[f"class_accuracy_guidance_{scale:g}"] = float(np.mean(clf.predict(levels) == np.asarray(labels)))
         metrics["classifier_test_accuracy"] = float(
@@ -145,11 +136,11 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     with timer("bits_per_dim"):
         n = min(cfg.bpd_images, len(test_set["k"]))
         k = jnp.asarray(test_set["k"][:n])
-        x = D.dequantize(jax.random.key(cfg.seed + 99), k).reshape(n, -1)
+        x = D.dequantize(jax.random.key(cfg.loop.seed + 99), k).reshape(n, -1)
         null = jnp.full((n,), D.NUM_CLASSES)
         pred = Predictor(model_fn, process, parametrization)
         for name, labels in (("unconditional", null), ("conditional", jnp.asarray(test_set["y"][:n]))):
-            lp = _batched_loglik(pred, x, labels, process, cfg.divergence, jax.random.key(cfg.seed + 5))
+            lp = _batched_loglik(pred, x, labels, process, cfg.divergence, jax.random.key(cfg.loop.seed + 5))
             metrics[f"bpd_{name}"] = float(jnp.mean(bits_per_dim(lp, 64, scale=D.SCALE, num_levels=D.NUM_LEVELS)))
         metrics["bpd_images"] = n
         metrics["bpd_uniform_baseline"] = float(np.log2(D.NUM_LEVELS))
@@ -174,8 +165,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
             ))
     except ImportError as e:
         print(f"note: no pictures written ({e})")
-    timings = {**timer.times, "compile_s": result.summary["compile_s"], "train_run_s": result.summary["train_s"],
-               "total_s": time.perf_counter() - t0}
+    timings = timer.timings(compile_s=result.summary["compile_s"], train_run_s=result.summary["train_s"])
     write_results(out, experiment=NAME, config=cfg, metrics=metrics, timings=timings,
                   extra={"smoke": smoke, "pictures": pictures, "train": result.summary})
     return metrics

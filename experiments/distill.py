@@ -18,17 +18,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from diffalign.data.toy2d import get_dataset, mode_statistics, reference_set
+from diffalign.data.toy2d import get_dataset, reference_set
 from diffalign.distill import METHODS, DistillationMethod, Distiller, labels_from_null
 from diffalign.losses import flow_matching_loss
-from diffalign.metrics import wasserstein2
+from diffalign.metrics import PointCloud
 from diffalign.models import MLP, functional
 from diffalign.paths import LinearPath, Predictor
 from diffalign.sampling import sample
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
 
-from diffalign.config import field, require_positive, validate_choices
-from diffalign.results import Timer, prepare_out, write_results
+from diffalign.config import LoopConfig, as_dict, build, field, replace, require_positive, validate_choices
+from diffalign.results import begin, write_results
 
 NAME = "distill"
 DESCRIPTION = (
@@ -62,11 +62,9 @@ class Config:
     teacher_sample_steps: int = field(100, "the teacher's reference sampling steps (Euler)")
     teacher_dir: str | None = field(None, "where the teacher is trained or found (default OUT/teacher); shared by runs")
     num_samples: int = field(10_000, "samples for the metrics (and reference size)")
-    seed: int = field(0, "seed of the distillation (the teacher has its own, teacher_seed)")
     teacher_seed: int = field(0, "teacher training seed")
-    steps_per_call: int = field(200, "steps per compiled chunk")
-    log_every: int = field(200, "log interval")
-    checkpoint_every: int = field(1000, "checkpoint interval")
+    loop: LoopConfig = field(LoopConfig(steps_per_call=200, log_every=200, checkpoint_every=1000), "distillation loop",
+                             nested_help={"seed": "seed of the distillation (the teacher has its own, teacher_seed)"})
 
     def __post_init__(self):
         validate_choices(self)
@@ -101,7 +99,7 @@ class Config:
         return 5 * self.lr if self.method == "tdm" else self.lr
 
     def smoke(self) -> "Config":
-        return dataclasses.replace(
+        return replace(
             self, steps=40 * self.phases if self.method == "phased-dmd" else 40, teacher_steps=300, num_samples=1000,
             regression_pairs=500, steps_per_call=20, log_every=20, checkpoint_every=40, batch_size=128,
         )
@@ -122,7 +120,7 @@ def make_task(cfg: Config, n_ref: int) -> Task:
     if cfg.task == "digits":
         from diffalign.data import digits as D
 
-        from diffalign.metrics.digits import DigitClassifier
+        from diffalign.metrics.digits import DigitClassifier, DigitSamples
 
         train_set, test_set = D.load_digits()
         levels = np.asarray(train_set["k"]).reshape(-1, 64)
@@ -137,17 +135,7 @@ def make_task(cfg: Config, n_ref: int) -> Task:
             ki, kd = jax.random.split(key)
             return D.dequantize(kd, k[jax.random.randint(ki, (n,), 0, k.shape[0])])
 
-        def evaluate(x):
-            from diffalign.metrics import frechet_distance
-
-            x = np.asarray(x)
-            return {
-                "frechet_logits": frechet_distance(np.asarray(clf.logits(jnp.asarray(x))), np.asarray(clf.logits(jnp.asarray(real)))),
-                "frechet_pca16": frechet_distance(clf.pca(x), clf.pca(real)),
-                "class_histogram": np.bincount(np.asarray(jnp.argmax(clf.logits(jnp.asarray(x)), -1)), minlength=10).tolist(),
-            }
-
-        return Task("digits", 64, apply_fn, params, sample_data, real, evaluate)
+        return Task("digits", 64, apply_fn, params, sample_data, real, DigitSamples(clf, real).score)
 
     data = get_dataset(cfg.task)
     model = MLP(2, (256, 256, 256), activation="silu", time_features=16, num_classes=len(cfg.steps_choices) or None,
@@ -155,14 +143,8 @@ def make_task(cfg: Config, n_ref: int) -> Task:
     apply_fn, params = functional(model)
     reference = np.asarray(reference_set(cfg.task, n_ref, REFERENCE_SEED))
 
-    def evaluate(x):
-        out = {"w2": wasserstein2(np.asarray(x), reference)}
-        modes = mode_statistics(x, cfg.task)
-        if modes is not None:
-            out.update(modes)
-        return out
-
-    return Task(cfg.task, 2, apply_fn, params, lambda key, n: data.sample(key, n), reference, evaluate)
+    return Task(cfg.task, 2, apply_fn, params, lambda key, n: data.sample(key, n), reference,
+                PointCloud(reference, cfg.task).score)
 
 
 TEACHER_FIELDS = ("task", "teacher_steps", "teacher_lr", "teacher_seed")
@@ -195,7 +177,7 @@ def train_teacher(cfg: Config, task: Task, workdir: str):
 def run_config(cfg: Config) -> dict:
     """The config saved with the distillation's checkpoints. Fields added later with an empty
     default are left out while empty, so runs written before they existed still resume."""
-    out = {**dataclasses.asdict(cfg), "teacher_dir": None}
+    out = {**as_dict(cfg), "teacher_dir": None}
     if not cfg.steps_choices:
         del out["steps_choices"]
     return out
@@ -222,7 +204,7 @@ def load_run(run_dir: str):
 
     with open(os.path.join(run_dir, "results.json")) as f:
         saved = json.load(f)["config"]
-    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    cfg = build(Config, **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     task = make_task(cfg, cfg.num_samples)
     opt = make_optimizer(cfg.teacher_lr, schedule="cosine", num_steps=cfg.teacher_steps, clip_norm=1.0)
     template = init_train_state(task.init_params, opt, jax.random.key(cfg.teacher_seed), ema=True)
@@ -230,7 +212,7 @@ def load_run(run_dir: str):
         teacher = ck.restore(template)[0].eval_params()
     distiller = make_distiller(cfg, task, teacher)
     with Checkpointer(os.path.join(run_dir, "distill", "checkpoints")) as ck:
-        state = ck.restore(distiller.init(jax.random.key(cfg.seed)))[0]
+        state = ck.restore(distiller.init(jax.random.key(cfg.loop.seed)))[0]
     return cfg, task, teacher, distiller, state
 
 
@@ -285,11 +267,7 @@ def evaluate_teacher(cfg: Config, task: Task, teacher_pred, z, teacher_dir: str)
 
 
 def run(cfg: Config, out: str, smoke: bool = False) -> dict:
-    if smoke:
-        cfg = cfg.smoke()
-    out = prepare_out(out)
-    timer = Timer()
-    t_start = time.perf_counter()
+    cfg, out, timer = begin(cfg, out, smoke)
     task = make_task(cfg, cfg.num_samples)
     path = LinearPath()
     teacher_dir = cfg.teacher_dir or os.path.join(out, "teacher")
@@ -307,29 +285,28 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     regression = None
     if cfg.method == "dmd" and cfg.regression_weight > 0:
         with timer("regression_pairs"):
-            zr = path.prior_sample(jax.random.key(cfg.seed + 4242), (cfg.regression_pairs, task.dim))
+            zr = path.prior_sample(jax.random.key(cfg.loop.seed + 4242), (cfg.regression_pairs, task.dim))
             yr = jax.jit(lambda x: sample(None, teacher_pred, x, "euler", cfg.teacher_sample_steps)[0])(zr)
             regression = (zr, yr)
 
     distiller = make_distiller(cfg, task, teacher)
-    state = distiller.init(jax.random.key(cfg.seed))
+    state = distiller.init(jax.random.key(cfg.loop.seed))
 
     def batch_fn(step):
         if regression is None:
             return {}
-        idx = jax.random.randint(jax.random.fold_in(jax.random.key(cfg.seed + 77), step), (cfg.batch_size,), 0, cfg.regression_pairs)
+        idx = jax.random.randint(jax.random.fold_in(jax.random.key(cfg.loop.seed + 77), step), (cfg.batch_size,), 0, cfg.regression_pairs)
         return {"z": regression[0][idx], "y": regression[1][idx]}
 
     with timer("distill"):
         result = train(
             state, distiller.make_step(), batch_fn, num_steps=cfg.steps, workdir=os.path.join(out, "distill"),
             config=run_config(cfg), resume_ignore=("num_samples", "log_every", "teacher_dir"),
-            steps_per_call=cfg.steps_per_call, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-            desc=f"{cfg.method}",
+            desc=f"{cfg.method}", **cfg.loop.train_kwargs(),
         )
     state = result.state
     gen = jax.jit(lambda x, k: distiller.sample(distiller.generator_params(state), x, k))
-    k_s = jax.random.fold_in(jax.random.key(cfg.seed), 2)
+    k_s = jax.random.fold_in(jax.random.key(cfg.loop.seed), 2)
     gen.lower(z, k_s).compile()
     t0 = time.perf_counter()
     xs = np.asarray(jax.block_until_ready(gen(z, k_s)))
@@ -354,14 +331,10 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
 
     np.savez(os.path.join(out, "samples.npz"), reference=task.reference, noise=np.asarray(z), **samples)
     picture = _picture(out, cfg, task, samples, metrics)
-    timings = {
-        **timer.times,
-        "teacher_train_run_s": teacher_summary["train_s"],
-        "distill_compile_s": result.summary["compile_s"],
-        "distill_run_s": result.summary["train_s"],
-        "distill_steps_per_sec": result.summary["steps_per_sec"],
-        "total_s": time.perf_counter() - t_start,
-    }
+    timings = timer.timings(
+        teacher_train_run_s=teacher_summary["train_s"], distill_compile_s=result.summary["compile_s"],
+        distill_run_s=result.summary["train_s"], distill_steps_per_sec=result.summary["steps_per_sec"],
+    )
     write_results(out, experiment=NAME, config=cfg, metrics=metrics, timings=timings,
                   extra={"smoke": smoke, "teacher_summary": teacher_summary, "distill_summary": result.summary, "picture": picture})
     return metrics

@@ -24,9 +24,9 @@ from diffalign.graphs.metrics import graph_mmds
 from diffalign.sampling.graph import evaluations_per_step
 from diffalign.training import init_train_state, make_optimizer, train
 
-from diffalign.graphs.evaluation import load_data, seed_summary, trained_config
-from diffalign.config import field
-from diffalign.results import Timer, prepare_out, write_results
+from diffalign.graphs.evaluation import load_data, trained_config
+from diffalign.config import LoopConfig, as_dict, field, replace
+from diffalign.results import begin, write_results
 
 NAME = "distill-graphs"
 DESCRIPTION = "DMD2 on GDSS: distil a trained `graphs train` run into a few-step graph generator; MMDs and sampling time."
@@ -44,10 +44,7 @@ class Config:
     ema_decay: float = field(0.99, "EMA of the generator (0: none)")
     sample_seeds: tuple[int, ...] = field((0, 1, 2), "sampling seeds")
     teacher_scales: tuple[int, ...] = field((1000, 50, 10, 4), "the teacher with GDSS's sampler at these N (the first is the reference)")
-    seed: int = field(0, "distillation seed")
-    steps_per_call: int = field(50, "steps per compiled chunk")
-    log_every: int = field(50, "log interval")
-    checkpoint_every: int = field(250, "checkpoint interval")
+    loop: LoopConfig = field(LoopConfig(steps_per_call=50, log_every=50, checkpoint_every=250), "distillation loop")
 
     def __post_init__(self):
         if not self.gdss_run:
@@ -57,7 +54,7 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def smoke(self) -> "Config":
-        return dataclasses.replace(self, steps=4, fake_updates=1, batch_size=8, sample_seeds=self.sample_seeds[:1],
+        return replace(self, steps=4, fake_updates=1, batch_size=8, sample_seeds=self.sample_seeds[:1],
                                    teacher_scales=(4,), steps_per_call=2, log_every=2, checkpoint_every=4)
 
 
@@ -86,11 +83,7 @@ def _sample_scored(gen, data, seeds, n, batch):
 
 
 def run(cfg: Config, out: str, smoke: bool = False) -> dict:
-    if smoke:
-        cfg = cfg.smoke()
-    out = prepare_out(out)
-    timer = Timer()
-    t_start = time.perf_counter()
+    cfg, out, timer = begin(cfg, out, smoke)
     tc = trained_config(cfg.gdss_run)
     gcfg = get_config(tc["dataset"])
     if gcfg.kind != "generic":
@@ -110,7 +103,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
         for scales in cfg.teacher_scales:
             f = sampler(model, teacher, num_scales=scales)
             per_seed, secs, _ = _sample_scored(f, data, cfg.sample_seeds, n, data.sample_batch(n))
-            few[str(scales)] = {**seed_summary(per_seed, data.keys), "num_scales": scales, "sample_s_per_seed": secs,
+            few[str(scales)] = {**data.summarise(per_seed), "num_scales": scales, "sample_s_per_seed": secs,
                                 "nfe_per_graph": scales * evaluations_per_step(gcfg.solver, gcfg.corrector)}
             print(f"teacher, N = {scales}: MMD average {few[str(scales)]['average']:.4f} in {secs:.2f} s per seed")
     metrics["teacher"] = {**few[str(cfg.teacher_scales[0])], "gdss_run": os.path.abspath(cfg.gdss_run)}
@@ -122,17 +115,16 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     )
     with timer("distill"):
         result = train(
-            d.init(jax.random.key(cfg.seed)), d.make_step(), lambda s: {}, num_steps=cfg.steps,
-            workdir=os.path.join(out, "distill"), config={**dataclasses.asdict(cfg), "dataset": tc["dataset"]},
+            d.init(jax.random.key(cfg.loop.seed)), d.make_step(), lambda s: {}, num_steps=cfg.steps,
+            workdir=os.path.join(out, "distill"), config={**as_dict(cfg), "dataset": tc["dataset"]},
             resume_ignore=("sample_seeds", "teacher_scales", "log_every"),
-            steps_per_call=cfg.steps_per_call, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-            desc="dmd2 (graphs)",
+            desc="dmd2 (graphs)", **cfg.loop.train_kwargs(),
         )
     state = result.state
     gen = jax.jit(lambda k, fl: d.sample(d.generator_params(state), k, fl))
     with timer("student_sample"):
         per_seed, secs, graphs = _sample_scored(gen, data, cfg.sample_seeds, n, data.sample_batch(n))
-    metrics["student"] = {**seed_summary(per_seed, data.keys), "student_steps": cfg.student_steps,
+    metrics["student"] = {**data.summarise(per_seed), "student_steps": cfg.student_steps,
                           "nfe_per_graph": cfg.student_steps * 2, "sample_s_per_seed": secs}
     metrics["student_over_teacher_average"] = metrics["student"]["average"] / metrics["teacher"]["average"]
     metrics["sampling_speedup"] = metrics["teacher"]["sample_s_per_seed"] / max(secs, 1e-9)
@@ -142,9 +134,8 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
         gdata.write_edge_lists(os.path.join(out, f"samples_seed{s}.npz"), g)
     picture = _picture(out, graphs[cfg.sample_seeds[0]], data.test, metrics)
     write_results(out, experiment=NAME, config=cfg, metrics=metrics,
-                  timings={**timer.times, "distill_compile_s": result.summary["compile_s"], "distill_run_s": result.summary["train_s"],
-                           "total_s": time.perf_counter() - t_start},
-                  extra={"smoke": smoke, "distill_summary": result.summary})
+                  timings=timer.timings(distill_compile_s=result.summary["compile_s"], distill_run_s=result.summary["train_s"]),
+                  extra={"smoke": smoke, "distill_summary": result.summary, "picture": picture})
     return metrics
 
 

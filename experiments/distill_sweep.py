@@ -11,15 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 
 import numpy as np
 
 from diffalign.distill import METHODS
 
 from . import distill as D
-from diffalign.config import field
-from diffalign.results import Timer, prepare_out, write_results
+from diffalign.config import build, field
+from diffalign.results import begin, write_results
 
 NAME = "distill-sweep"
 DESCRIPTION = "All four distillation methods on the 2-D toys (8 gaussians, moons, 25-mode grid), over seeds."
@@ -46,17 +45,13 @@ def _summary(vals):
 
 
 def run(cfg: Config, out: str, smoke: bool = False) -> dict:
-    if smoke:
-        cfg = cfg.smoke()
-    out = prepare_out(out)
-    timer = Timer()
-    t0 = time.perf_counter()
+    cfg, out, timer = begin(cfg, out, smoke)
     rows = []
     for task in cfg.tasks:
         for method in cfg.methods:
             for seed in cfg.seeds:
-                rc = D.Config(task=task, method=method, seed=seed, steps=cfg.steps, teacher_steps=cfg.teacher_steps,
-                              teacher_dir=os.path.join(out, "teachers", task))
+                rc = build(D.Config, task=task, method=method, seed=seed, steps=cfg.steps,
+                           teacher_steps=cfg.teacher_steps, teacher_dir=os.path.join(out, "teachers", task))
                 if smoke:
                     rc = rc.smoke()
                 with timer(f"{task}/{method}"):
@@ -85,7 +80,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
         f.write(table)
     print(table)
     picture = _picture(out, cfg)
-    write_results(out, experiment=NAME, config=cfg, metrics={"summary": summary}, timings={**timer.times, "total_s": time.perf_counter() - t0},
+    write_results(out, experiment=NAME, config=cfg, metrics={"summary": summary}, timings=timer.timings(),
                   extra={"smoke": smoke, "runs": rows, "picture": picture})
     return {"summary": summary}
 

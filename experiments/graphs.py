@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 
 import jax
 import numpy as np
@@ -29,13 +28,13 @@ from diffalign.graphs.gdss import (
     make_step,
     steps_per_epoch,
 )
-from diffalign.graphs.evaluation import GenericGraphs, Molecules, load_data, sample_and_score, seed_summary, trained_config
+from diffalign.graphs.evaluation import GenericGraphs, Molecules, load_data, sample_and_score, trained_config
 from diffalign.sampling.graph import CORRECTORS, PREDICTORS, SOLVERS, evaluations_per_step
 from diffalign.training import init_train_state, train
 from diffalign.checkpoint import Checkpointer
 
-from diffalign.config import field, require_positive, validate_choices
-from diffalign.results import Timer, prepare_out, write_json, write_results
+from diffalign.config import LoopConfig, field, replace, require_positive, validate_choices
+from diffalign.results import begin, prepare_out, write_json, write_results
 
 NAME = "graphs"
 DESCRIPTION = "GDSS score-based graph generation: train | sample | evaluate (MMDs of degree, clustering, orbits)."
@@ -46,7 +45,6 @@ GENERIC = tuple(k for k, c in CONFIGS.items() if c.kind == "generic")
 class TrainConfig:
     dataset: str = field("community_small", "data set", choices=tuple(CONFIGS))
     data_dir: str = field("", "folder holding graphs/ and molecules/ (default: $DIFFALIGN_DATA or ../shared/data)")
-    seed: int = field(-1, "training seed (-1: the released checkpoint's seed)")
     epochs: int = field(0, "training epochs (0: the paper's)")
     train_minutes: float = field(0.0, "short-budget run: stop training at the first log boundary after this many "
                                       "minutes (0: no limit); the schedule stays the full run's")
@@ -59,22 +57,26 @@ class TrainConfig:
     use_ema: str = field("config", "sample with EMA weights: config | yes | no", choices=("config", "yes", "no"))
     score: bool = field(True, "score the samples (--no-score: only write them, e.g. on a machine without RDKit; "
                               "`graphs evaluate` scores them later)")
-    log_every_epochs: int = field(50, "log interval in epochs")
-    checkpoint_every_epochs: int = field(500, "checkpoint interval in epochs")
+    loop: LoopConfig = field(
+        LoopConfig(seed=-1, steps_per_call=2000, log_every=50, checkpoint_every=500), "training loop (intervals in epochs)",
+        nested_help={"seed": "training seed (-1: the released checkpoint's seed)",
+                     "steps_per_call": "at most this many training steps per compiled chunk (whole epochs, at least one)",
+                     "log_every": "log interval in epochs", "checkpoint_every": "checkpoint interval in epochs"},
+        nested_aliases={"log_every": "--log-every-epochs", "checkpoint_every": "--checkpoint-every-epochs"})
     remat: bool = field(False, "rematerialise every layer of both score networks in the backward pass (less memory)")
     accumulate: int = field(1, "gradient accumulation: microbatches per step (must divide the batch)")
 
     def __post_init__(self):
         validate_choices(self)
-        require_positive(self, "num_scales", "log_every_epochs", "checkpoint_every_epochs", "accumulate")
+        require_positive(self, "num_scales", "accumulate")
         if self.epochs < 0 or self.num_samples < 0 or self.train_minutes < 0:
             raise ValueError("epochs, train_minutes and num_samples must be >= 0")
 
     def smoke(self):
         generic = get_config(self.dataset).kind == "generic"
         epochs = 4 if generic else 1
-        return dataclasses.replace(
-            self, epochs=epochs, num_scales=40, sample_seeds=(0,), log_every_epochs=1, checkpoint_every_epochs=epochs,
+        return replace(
+            self, epochs=epochs, num_scales=40, sample_seeds=(0,), log_every=1, checkpoint_every=epochs,
             num_samples=self.num_samples or (0 if generic else 200),
         )
 
@@ -137,15 +139,11 @@ def _use_ema(choice, cfg):
 
 
 def train_run(c: TrainConfig, out: str, smoke: bool = False) -> dict:
-    if smoke:
-        c = c.smoke()
+    c, out, timer = begin(c, out, smoke)
     cfg = get_config(c.dataset)
-    out = prepare_out(out)
-    timer = Timer()
-    t0 = time.perf_counter()
     with timer("load_data"):
         data = load_data(c.dataset, cfg, c.data_dir)
-    seed = cfg.train_seed if c.seed < 0 else c.seed
+    seed = cfg.train_seed if c.loop.seed < 0 else c.loop.seed
     model = build_model(cfg, seed, remat=c.remat)
     batch = min(cfg.batch_size, data.num_train)
     if batch % c.accumulate:
@@ -160,15 +158,15 @@ def train_run(c: TrainConfig, out: str, smoke: bool = False) -> dict:
             config={"dataset": c.dataset, "seed": seed, "gdss": dataclasses.asdict(cfg), "data": c.data_dir,
                     "accumulate": c.accumulate},
             resume_defaults={"accumulate": 1},
-            steps_per_call=spe * min(c.log_every_epochs, max(1, 2000 // spe)), log_every=spe * c.log_every_epochs,
-            checkpoint_every=spe * c.checkpoint_every_epochs,
+            steps_per_call=spe * min(c.loop.log_every, max(1, c.loop.steps_per_call // spe)), log_every=spe * c.loop.log_every,
+            checkpoint_every=spe * c.loop.checkpoint_every, resume=c.loop.resume,
             time_limit_s=60 * c.train_minutes if c.train_minutes else None,
         )
     st = result.state
     params = st.ema_params if _use_ema(c.use_ema, cfg) else st.params
     n = c.num_samples or data.default_samples
     per_seed = sample_and_score(model, params, data, c.sample_seeds, n, out, _overrides(c, cfg), timer, c.score)
-    metrics = seed_summary(per_seed, data.keys)
+    metrics = data.summarise(per_seed)
     solver = c.solver or cfg.solver
     metrics.update(
         num_samples=n, train_steps=int(st.step), train_epochs=int(st.step) / spe,
@@ -179,19 +177,15 @@ def train_run(c: TrainConfig, out: str, smoke: bool = False) -> dict:
     )
     write_json(os.path.join(out, "metrics.json"), {k: metrics[k] for k in data.keys if k in metrics})
     write_results(out, experiment="graphs train", config=c, metrics=metrics,
-                  timings={**timer.times, "compile_s": result.summary["compile_s"], "total_s": time.perf_counter() - t0},
+                  timings=timer.timings(compile_s=result.summary["compile_s"]),
                   extra={"smoke": smoke, "gdss_config": dataclasses.asdict(cfg), "train": result.summary})
     return {k: v for k, v in metrics.items() if k != "per_seed"}
 
 
 def sample_run(c: SampleConfig, out: str, smoke: bool = False) -> dict:
-    if smoke:
-        c = c.smoke()
+    c, out, timer = begin(c, out, smoke)
     tc = trained_config(c.run)
     cfg = get_config(tc["dataset"])
-    out = prepare_out(out)
-    timer = Timer()
-    t0 = time.perf_counter()
     data = load_data(tc["dataset"], cfg, tc.get("data_dir"))
     model = build_model(cfg, 0)  # shapes only: the parameters come from the checkpoint
     opt, _ = make_step(model, data.flags)
@@ -201,25 +195,22 @@ def sample_run(c: SampleConfig, out: str, smoke: bool = False) -> dict:
     params = state.ema_params if _use_ema(c.use_ema, cfg) else state.params
     n = c.num_samples or data.default_samples
     per_seed = sample_and_score(model, params, data, c.seeds, n, out, _overrides(c, cfg), timer, c.score)
-    metrics = seed_summary(per_seed, data.keys)
+    metrics = data.summarise(per_seed)
     write_json(os.path.join(out, "metrics.json"), {k: metrics[k] for k in data.keys if k in metrics})
-    write_results(out, experiment="graphs sample", config=c, metrics=metrics,
-                  timings={**timer.times, "total_s": time.perf_counter() - t0},
+    write_results(out, experiment="graphs sample", config=c, metrics=metrics, timings=timer.timings(),
                   extra={"smoke": smoke, "dataset": tc["dataset"], "training_seed": tc.get("seed")})
     return {k: v for k, v in metrics.items() if k != "per_seed"}
 
 
 def evaluate_run(c: EvaluateConfig, out: str, smoke: bool = False) -> dict:
-    del smoke  # evaluation has no smaller version
+    c, out, timer = begin(c, out, smoke)  # evaluation has no smaller version: smoke() is the config itself
     cfg = get_config(c.dataset)
-    out = prepare_out(out)
-    t0 = time.perf_counter()
     if not os.path.exists(c.samples):
         raise FileNotFoundError(f"--samples {c.samples} not found")
     metrics = load_data(c.dataset, cfg, c.data_dir).score_file(c.samples, out)
     write_json(os.path.join(out, "metrics.json"), metrics)
     write_results(out, experiment="graphs evaluate", config=c, metrics=metrics,
-                  timings={"total_s": time.perf_counter() - t0})
+                  timings=timer.timings())
     return metrics
 
 

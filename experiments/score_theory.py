@@ -23,7 +23,7 @@ from diffalign.theory import score_estimation as S
 from diffalign.theory import two_layer as T
 
 from diffalign.config import field, require_positive
-from diffalign.results import Timer, prepare_out, write_results
+from diffalign.results import begin, write_results
 
 NAME = "score-theory"
 DESCRIPTION = (
@@ -241,10 +241,7 @@ def _plot(path: str, ks, curves: dict, cfg: Config) -> str:
 
 
 def run(cfg: Config, out: str, smoke: bool = False) -> dict:
-    if smoke:
-        cfg = cfg.smoke()
-    out = prepare_out(out)
-    timer = Timer()
+    cfg, out, timer = begin(cfg, out, smoke)
     ks = S.iteration_grid(cfg.k_max, cfg.points_per_decade)
     net_steps = S.iteration_grid(cfg.network_steps, cfg.points_per_decade)
     net = T.TwoLayerNet(cfg.width)

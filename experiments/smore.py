@@ -22,7 +22,7 @@ from diffalign.gcrl import gridworld as G
 from diffalign.gcrl import smore as S
 
 from diffalign.config import field, require_positive, validate_choices
-from diffalign.results import Timer, prepare_out, write_results
+from diffalign.results import begin, write_results
 
 NAME = "smore"
 DESCRIPTION = (
@@ -163,10 +163,7 @@ def _summarise(per_seed):
 
 
 def run(cfg: Config, out: str, smoke: bool = False) -> dict:
-    if smoke:
-        cfg = cfg.smoke()
-    out = prepare_out(out)
-    timer = Timer()
+    cfg, out, timer = begin(cfg, out, smoke)
     world = G.four_rooms()
     pairs = {split: G.eval_pairs(world, split) for split in SPLITS}
     scfg, gcfg, mcfg = cfg.smore_config(), cfg.gcbc_config(), cfg.mlp_config()

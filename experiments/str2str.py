@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -43,8 +42,8 @@ from diffalign.sampling.heat_anneal import heat_anneal
 from diffalign.sde import get_sde
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
 
-from diffalign.config import field, require_positive
-from diffalign.results import Timer, prepare_out, write_results
+from diffalign.config import LoopConfig, as_dict, field, replace, require_positive
+from diffalign.results import Timer, begin, write_results
 
 NAME = "str2str"
 DESCRIPTION = (
@@ -78,9 +77,7 @@ class Config:
     batch_size: int = field(512, "batch size")
     lr: float = field(1e-3, "learning rate")
     ema_decay: float = field(0.999, "EMA decay of the sampled parameters")
-    seed: int = field(0, "training seed")
-    steps_per_call: int = field(500, "training steps per compiled chunk")
-    log_every: int = field(2000, "log interval")
+    loop: LoopConfig = field(LoopConfig(steps_per_call=500, log_every=2000, checkpoint_every=20_000), "training loop (both score models)")
 
     def __post_init__(self):
         require_positive(self, "wells_data", "wells_replicas", "wells_steps", "anneal_steps", "chain_frames",
@@ -99,7 +96,7 @@ class Config:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
     def smoke(self) -> "Config":
-        return dataclasses.replace(
+        return replace(
             self, wells_t_deltas=(0.3, 0.7), wells_data=5000, wells_replicas=500, wells_steps=300, anneal_steps=100,
             chain_frames=3000, chain_steps=300, chain_t_deltas=(0.3, 0.6), replicas=20, steps_per_unit_time=200,
             hidden=(64, 64), steps_per_call=100, log_every=100,
@@ -108,7 +105,7 @@ class Config:
 
 # settings that only change the annealing and evaluation: a rerun reuses the trained score models
 SAMPLING_FIELDS = ("wells_t_deltas", "wells_replicas", "anneal_steps", "chain_t_deltas", "replicas",
-                   "steps_per_unit_time", "denoise", "released_sampler", "steps_per_call", "log_every")
+                   "steps_per_unit_time", "denoise", "released_sampler")
 SDE = get_sde("vp", beta_min=0.1, beta_max=20.0, t_min=0.01)  # Str2Str's positions: beta 0.1 -> 20, t in [0.01, 1]
 
 
@@ -149,16 +146,15 @@ def train_score_model(cfg: Config, data: np.ndarray, steps: int, workdir: str, s
     state = init_train_state(params, opt, jax.random.key(seed), ema=True)
     step = make_train_step(loss_fn, opt, ema_decay=cfg.ema_decay)
     result = train(state, step, batch_fn, num_steps=steps, workdir=workdir,
-                   config={**dataclasses.asdict(cfg), "part": desc}, resume_ignore=SAMPLING_FIELDS,
-                   steps_per_call=min(cfg.steps_per_call, steps), log_every=cfg.log_every, checkpoint_every=steps, desc=desc)
+                   config={**as_dict(cfg), "part": desc}, resume_ignore=SAMPLING_FIELDS, desc=desc, **cfg.loop.train_kwargs())
     p = result.state.eval_params()
     return Predictor(lambda x, t: apply_fn(p, x, t), SDE, "eps").score, result.summary
 
 
 def run_wells(cfg: Config, out: str, timer: Timer) -> dict:
     with timer("wells_train"):
-        score, summary = train_score_model(cfg, wells_sample(cfg.wells_data, cfg.seed), cfg.wells_steps,
-                                           os.path.join(out, "wells"), cfg.seed, "wells")
+        score, summary = train_score_model(cfg, wells_sample(cfg.wells_data, cfg.loop.seed), cfg.wells_steps,
+                                           os.path.join(out, "wells"), cfg.loop.seed, "wells")
     start = jnp.asarray(WELL_MEANS[0], jnp.float32)
     res: dict = {"replicas": cfg.wells_replicas, "steps": cfg.anneal_steps, "final_loss": summary["final_metrics"].get("loss")}
     with timer("wells_anneal"):
@@ -168,7 +164,7 @@ def run_wells(cfg: Config, out: str, timer: Timer) -> dict:
                                                                str2str_compat=cfg.released_sampler), static_argnums=1)
             res[method] = {}
             for t_delta in cfg.wells_t_deltas:
-                got = well_fractions(run(jax.random.key(cfg.seed + 17), float(t_delta)))
+                got = well_fractions(run(jax.random.key(cfg.loop.seed + 17), float(t_delta)))
                 exact = exact_well_probabilities(t_delta)
                 row = {"fractions": got.tolist(), "exact": exact.tolist()}
                 if method == "sde":  # the SDE's exact law; the ODE is not expected to match it (it is more local)
@@ -194,10 +190,10 @@ def _anneal_ensemble(score, start, t_deltas, replicas, steps_per_unit, method, s
 
 def run_chain(cfg: Config, out: str, timer: Timer) -> tuple[dict, dict]:
     with timer("chain_data"):
-        traj, state = two_state_trajectory(cfg.chain_frames, CHAIN_RESIDUES, seed=cfg.seed + 5)
+        traj, state = two_state_trajectory(cfg.chain_frames, CHAIN_RESIDUES, seed=cfg.loop.seed + 5)
     flat = (traj * COORD_SCALE).reshape(len(traj), -1).astype(np.float32)
     with timer("chain_train"):
-        score, summary = train_score_model(cfg, flat, cfg.chain_steps, os.path.join(out, "chain"), cfg.seed + 1, "chain")
+        score, summary = train_score_model(cfg, flat, cfg.chain_steps, os.path.join(out, "chain"), cfg.loop.seed + 1, "chain")
     start = jnp.asarray(helix(CHAIN_RESIDUES).reshape(-1) * COORD_SCALE, jnp.float32)
     n_total = cfg.replicas * len(cfg.chain_t_deltas)
     to_ca = lambda x: np.asarray(x).reshape(len(x), CHAIN_RESIDUES, 3) / COORD_SCALE  # noqa: E731
@@ -207,7 +203,7 @@ def run_chain(cfg: Config, out: str, timer: Timer) -> tuple[dict, dict]:
     with timer("chain_anneal"):
         for method in ("sde", "ode"):
             levels = [to_ca(x) for x in _anneal_ensemble(score, start, cfg.chain_t_deltas, cfg.replicas,
-                                                         cfg.steps_per_unit_time, method, cfg.seed + 23, cfg.denoise,
+                                                         cfg.steps_per_unit_time, method, cfg.loop.seed + 23, cfg.denoise,
                                                          cfg.released_sampler)]
             pooled = np.concatenate(levels)
             samples[method] = pooled
@@ -217,9 +213,9 @@ def run_chain(cfg: Config, out: str, timer: Timer) -> tuple[dict, dict]:
                                 for t, x in zip(cfg.chain_t_deltas, levels)},
             }
     with timer("chain_baselines"):
-        prior = to_ca(_anneal_ensemble(score, start, (1.0,), n_total, cfg.steps_per_unit_time, "sde", cfg.seed + 29,
+        prior = to_ca(_anneal_ensemble(score, start, (1.0,), n_total, cfg.steps_per_unit_time, "sde", cfg.loop.seed + 29,
                                       cfg.denoise, cfg.released_sampler)[0])
-        rng = np.random.default_rng(cfg.seed + 31)
+        rng = np.random.default_rng(cfg.loop.seed + 31)
         floor = traj[rng.choice(len(traj), n_total, replace=False)]
         repeated = np.repeat(helix(CHAIN_RESIDUES)[None], n_total, 0)
         res["baselines"] = {
@@ -267,11 +263,7 @@ def _picture(path, cfg, wells, chain_samples, t_deltas):
 
 
 def run(cfg: Config, out: str, smoke: bool = False) -> dict:
-    if smoke:
-        cfg = cfg.smoke()
-    out = prepare_out(out)
-    timer = Timer()
-    t0 = time.perf_counter()
+    cfg, out, timer = begin(cfg, out, smoke)
     wells = run_wells(cfg, out, timer)
     chain, samples = run_chain(cfg, out, timer)
     metrics = {"wells": wells, "chain": chain}
@@ -283,7 +275,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     except ImportError as e:
         print(f"note: no picture written ({e})")
     write_results(out, experiment=NAME, config=cfg, metrics=metrics,
-                  timings={**timer.times, "total_s": time.perf_counter() - t0}, extra={"smoke": smoke, "picture": picture})
+                  timings=timer.timings(), extra={"smoke": smoke, "picture": picture})
     errs = ", ".join(f"{k}: {v['max_error_in_se']:.1f}" for k, v in wells["sde"].items())
     first = ", ".join(f"{k}: {wells['sde'][k]['fractions'][0]:.3f} / {wells['ode'][k]['fractions'][0]:.3f}" for k in wells["sde"])
     print(f"wells: SDE's largest error against the exact fractions, in s.e. ({errs}); share left in the first well, SDE / ODE ({first})")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
 import warnings
 
 import jax
@@ -33,7 +32,7 @@ from diffalign.models import MLP, ResidualMLP, functional
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
 
 from diffalign.config import field, require_positive, validate_choices
-from diffalign.results import Timer, prepare_out, write_results
+from diffalign.results import begin, write_results
 
 NAME = "symmflow"
 DESCRIPTION = (
@@ -287,11 +286,7 @@ def _moons_picture(path, x, y, title):
 
 
 def run(cfg: Config, out: str, smoke: bool = False) -> dict:
-    if smoke:
-        cfg = cfg.smoke()
-    out = prepare_out(out)
-    timer = Timer()
-    t0 = time.perf_counter()
+    cfg, out, timer = begin(cfg, out, smoke)
     metrics: dict = {}
     samples: dict = {}
     pictures: list[str] = []
@@ -335,7 +330,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
                 title=f"SymmFlow digits, seed {cfg.seeds[0]}: 1-step acc {md['per_seed'][0]['one_step_accuracy']:.3f}"))
     except ImportError as e:
         print(f"note: no pictures written ({e})")
-    timings = {**timer.times, "total_s": time.perf_counter() - t0}
+    timings = timer.timings()
     write_results(out, experiment=NAME, config=cfg, metrics=metrics, timings=timings,
                   extra={"smoke": smoke, "pictures": pictures, "seeds": list(cfg.seeds),
                          "time_convention": "library: image data at t=0, noise at t=1; paper's s = 1 - t"})

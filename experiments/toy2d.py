@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +26,8 @@ from diffalign.sampling import SAMPLERS, deterministic, log_likelihood, sample
 from diffalign.sde import get_sde
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
 
-from diffalign.config import field, require_positive, validate_choices
-from diffalign.results import Timer, prepare_out, write_results
+from diffalign.config import LoopConfig, as_dict, field, replace, require_positive, validate_choices
+from diffalign.results import begin, write_results
 
 NAME = "toy2d"
 DESCRIPTION = (
@@ -63,10 +62,7 @@ class Config:
     sample_steps: int = field(100, "sampler steps")
     num_samples: int = field(10_000, "samples drawn and reference size for W2")
     nll_points: int = field(1000, "reference points for the NLL (Gaussian sources only; 0 = skip)")
-    seed: int = field(0, "training seed (model init, noise, data)")
-    steps_per_call: int = field(500, "training steps per compiled chunk")
-    log_every: int = field(1000, "log interval in steps")
-    checkpoint_every: int = field(10_000, "checkpoint interval in steps")
+    loop: LoopConfig = field(LoopConfig(steps_per_call=500, log_every=1000, checkpoint_every=10_000), "training loop")
     mesh: str = field("auto", "device mesh DATAxMODEL (e.g. 4x2); auto: all devices on 'data' in a multi-process run, else one device")
     shard_model: bool = field(False, "split the MLP's hidden layers over the mesh's 'model' axis")
     accumulate: int = field(1, "gradient accumulation: microbatches per step (batch_size must divide)")
@@ -100,10 +96,8 @@ class Config:
 
     def smoke(self) -> "Config":
         """The same code path at a size that runs in well under a minute."""
-        return dataclasses.replace(
-            self, steps=300, num_samples=1000, nll_points=50, reflow_pairs=2000, log_every=100,
-            steps_per_call=100, checkpoint_every=300,
-        )
+        return replace(self, steps=300, num_samples=1000, nll_points=50, reflow_pairs=2000, log_every=100,
+                       steps_per_call=100, checkpoint_every=300)
 
     @property
     def effective_sigma_min(self) -> float:
@@ -155,7 +149,8 @@ def _source_points(source: str, process, n: int, key):
 
 
 # fields that only affect sampling and evaluation: a run may be resumed with other values
-EVAL_FIELDS = ("sampler", "sample_steps", "num_samples", "nll_points", "log_every", "checkpoint_every", "steps_per_call")
+EVAL_FIELDS = ("sampler", "sample_steps", "num_samples", "nll_points", "log_every", "checkpoint_every", "steps_per_call",
+               "resume")
 # layout-only fields: a run may resume on another mesh, with or without rematerialisation
 LAYOUT_FIELDS = ("mesh", "shard_model", "remat")
 # fields added after runs were written: what their absence stands for
@@ -168,20 +163,15 @@ def _train_round(cfg, apply_fn, params, process, loss_fn, batch_fn, workdir, see
     step = make_train_step(loss_fn, opt, ema_decay=cfg.ema_decay, accumulate=cfg.accumulate)
     return train(
         state, step, batch_fn,
-        num_steps=cfg.steps, workdir=workdir, config={**dataclasses.asdict(cfg), "round": desc},
+        num_steps=cfg.steps, workdir=workdir, config={**as_dict(cfg), "round": desc},
         resume_ignore=("steps",) + EVAL_FIELDS + LAYOUT_FIELDS, resume_defaults=ADDED_DEFAULTS, mesh=mesh,
         # vmapped Sinkhorn solves run until the slowest converges: per step is faster for it
-        vectorize_batches=not (cfg.method == "otcfm" and cfg.ot_solver == "sinkhorn"), steps_per_call=cfg.steps_per_call, log_every=cfg.log_every,
-        checkpoint_every=cfg.checkpoint_every, desc=desc,
+        vectorize_batches=not (cfg.method == "otcfm" and cfg.ot_solver == "sinkhorn"), desc=desc, **cfg.loop.train_kwargs(),
     )
 
 
 def run(cfg: Config, out: str, smoke: bool = False) -> dict:
-    if smoke:
-        cfg = cfg.smoke()
-    out = prepare_out(out)
-    timer = Timer()
-    t_start = time.perf_counter()
+    cfg, out, timer = begin(cfg, out, smoke)
     source, target = parse_task(cfg.task)
     process, parametrization = _velocity_model(cfg)
     mesh = parse_mesh(cfg.mesh)
@@ -196,7 +186,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     with model_init(mesh if cfg.shard_model else None):
         model = MLP(2, cfg.hidden, activation=cfg.activation, time_features=cfg.time_features,
                     dtype=jnp.dtype(cfg.compute_dtype), remat=cfg.remat, shard_model=cfg.shard_model,
-                    rngs=nnx.Rngs(cfg.seed))
+                    rngs=nnx.Rngs(cfg.loop.seed))
     apply_fn, params = functional(model)
     if cfg.method == "dsm":
         loss_fn = dsm_loss(process, apply_fn, parametrization="eps")
@@ -204,11 +194,11 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
         # OT-CFM is coupled in the data pipeline (vectorised over each chunk), hence "paired".
         coupling = "paired" if cfg.method == "otcfm" else "independent"
         loss_fn = flow_matching_loss(apply_fn, path=process, coupling=coupling, sigma_min=cfg.effective_sigma_min)
-    batch_fn = _batch_fn(cfg, source, target, cfg.seed)
+    batch_fn = _batch_fn(cfg, source, target, cfg.loop.seed)
 
     rounds = []
     with timer("train"):
-        result = _train_round(cfg, apply_fn, params, process, loss_fn, batch_fn, os.path.join(out, "round0"), cfg.seed, "train", mesh)
+        result = _train_round(cfg, apply_fn, params, process, loss_fn, batch_fn, os.path.join(out, "round0"), cfg.loop.seed, "train", mesh)
     rounds.append(result.summary)
     state = result.state
 
@@ -219,13 +209,13 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
         paired_loss = flow_matching_loss(apply_fn, path=process, coupling="paired", sigma_min=cfg.effective_sigma_min)
         for r in range(1, cfg.reflow + 1):
             with timer("reflow_pairs"):
-                x1 = _source_points(source, process, cfg.reflow_pairs, jax.random.key(cfg.seed + 7919 * r))
+                x1 = _source_points(source, process, cfg.reflow_pairs, jax.random.key(cfg.loop.seed + 7919 * r))
                 pred = make_pred(to_host(state.eval_params()))
                 x0, _ = jax.jit(lambda x: sample(None, pred, x, "adaptive", rtol=1e-4, atol=1e-4))(x1)
                 pool = {"x": x0, "x_source": x1}
             if not bool(jnp.all(jnp.isfinite(x0))):
                 raise FloatingPointError(f"reflow round {r}: the flow produced non-finite points")
-            pool_key = jax.random.key(cfg.seed + 104_729 * r)
+            pool_key = jax.random.key(cfg.loop.seed + 104_729 * r)
 
             def pool_batches(step, pool=pool, pool_key=pool_key):
                 idx = jax.random.randint(jax.random.fold_in(pool_key, step), (cfg.batch_size,), 0, cfg.reflow_pairs)
@@ -234,7 +224,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
             with timer("train"):
                 result = _train_round(
                     cfg, apply_fn, state.eval_params(), process, paired_loss, pool_batches,
-                    os.path.join(out, f"reflow{r}"), cfg.seed + r, f"reflow {r}", mesh,
+                    os.path.join(out, f"reflow{r}"), cfg.loop.seed + r, f"reflow {r}", mesh,
                 )
             rounds.append(result.summary)
             state = result.state
@@ -244,7 +234,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     if not is_main_process():
         return {}
     pred = make_pred(params)
-    key = jax.random.key(cfg.seed + 31337)
+    key = jax.random.key(cfg.loop.seed + 31337)
     x_T = _source_points(source, process, cfg.num_samples, jax.random.fold_in(key, 0))
     sampler = jax.jit(lambda k, x: sample(k, pred, x, cfg.sampler, cfg.sample_steps))
     with timer("sample_compile"):
@@ -283,12 +273,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
         )
     except ImportError as e:
         print(f"note: no picture written ({e})")
-    timings = {
-        **timer.times,
-        "compile_s": sum(r["compile_s"] for r in rounds),
-        "train_run_s": sum(r["train_s"] for r in rounds),
-        "total_s": time.perf_counter() - t_start,
-    }
+    timings = timer.timings(compile_s=sum(r["compile_s"] for r in rounds), train_run_s=sum(r["train_s"] for r in rounds))
     write_results(out, experiment=NAME, config=cfg, metrics=metrics, timings=timings,
                   extra={"smoke": smoke, "rounds": rounds, "picture": picture})
     return metrics

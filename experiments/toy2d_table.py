@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 import jax
 import numpy as np
@@ -32,8 +31,8 @@ from diffalign.data.toy2d import get_dataset, reference_set
 from diffalign.metrics import wasserstein2
 
 from . import toy2d
-from diffalign.config import field
-from diffalign.results import Timer, prepare_out, write_results
+from diffalign.config import build, field
+from diffalign.results import begin, write_results
 
 NAME = "toy2d-table"
 DESCRIPTION = (
@@ -82,11 +81,7 @@ class Config:
 
 
 def run(cfg: Config, out: str, smoke: bool = False) -> dict:
-    if smoke:
-        cfg = cfg.smoke()
-    out = prepare_out(out)
-    timer = Timer()
-    t0 = time.perf_counter()
+    cfg, out, timer = begin(cfg, out, smoke)
     rows = [r for r in RUNS if cfg.only in f"{r[0]}/{r[1]}"]
     if not rows:
         raise ValueError(f"--only {cfg.only!r} matches no row; rows are {[f'{r[0]}/{r[1]}' for r in RUNS]}")
@@ -101,7 +96,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
                           steps_per_call=min(cfg.steps, 500))
             run_dir = os.path.join(out, "runs", f"{task.replace('->', '_to_')}-{label}-seed{seed}")
             with timer(f"{task}/{label}"):
-                per_seed.append(toy2d.run(toy2d.Config(**kw), run_dir))
+                per_seed.append(toy2d.run(build(toy2d.Config, **kw), run_dir))
         keys = ["w2", "w2_1step", "energy_distance", "nll", "nfe", "train_steps_per_sec"]
         row = {"task": task, "method": label, "seeds": list(cfg.seeds), "settings": {**settings, **overrides}}
         for k in keys:
@@ -123,7 +118,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     metrics = {f"{r['task']}/{r['method']}/w2_mean": r["w2"]["mean"] for r in table}
     metrics["all_bars_met"] = all(all(r["meets_bars"].values()) for r in table)
     write_results(out, experiment=NAME, config=cfg, metrics=metrics,
-                  timings={**timer.times, "total_s": time.perf_counter() - t0},
+                  timings=timer.timings(),
                   extra={"smoke": smoke, "table": table, "w2_floors": floors, "markdown": markdown(table, floors)})
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(markdown(table, floors))

@@ -11,7 +11,6 @@ _cache = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 jax.config.update("jax_compilation_cache_dir", _cache)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 

@@ -1,7 +1,6 @@
 """Data generators against their reference implementations; distances against known values."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffalign.geometry import IGSO3, exp_map, igso3_mean_angle, log_map
+from diffalign.geometry import exp_map, igso3_mean_angle, log_map
 from diffalign.geometry.frames import FrameDiffusion, frames_to_backbone, heat_anneal_frames, rigid_from_3_points
 
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from diffalign.config import build
 from diffalign.experiments import digits, toy2d
 from diffalign.experiments.toy2d_table import RUNS
 
@@ -22,7 +23,7 @@ ROWS = {(task, label): (overrides, settings, bars) for task, label, overrides, s
 )
 def test_flow_matching_meets_the_published_bars(tmp_path, task, label):
     overrides, settings, bars = ROWS[(task, label)]
-    cfg = toy2d.Config(**{**settings, **overrides, "task": task, "seed": 0, "nll_points": 0})
+    cfg = build(toy2d.Config, **{**settings, **overrides, "task": task, "seed": 0, "nll_points": 0})
     metrics = toy2d.run(cfg, str(tmp_path))
     for key, bar in bars.items():
         assert metrics[key] <= bar, f"{task} {label}: {key} = {metrics[key]:.3f} > {bar}"
@@ -30,7 +31,7 @@ def test_flow_matching_meets_the_published_bars(tmp_path, task, label):
 
 def test_dsm_vp_learns_the_moons(tmp_path):
     overrides, settings, _ = ROWS[("noise->tong_moons", "dsm-vp")]
-    cfg = toy2d.Config(**{**settings, **overrides, "task": "noise->tong_moons", "seed": 0, "nll_points": 200})
+    cfg = build(toy2d.Config, **{**settings, **overrides, "task": "noise->tong_moons", "seed": 0, "nll_points": 200})
     metrics = toy2d.run(cfg, str(tmp_path))
     assert metrics["w2"] < 0.4 and np.isfinite(metrics["nll"])
 
@@ -47,7 +48,7 @@ def test_awm_aligns_the_ring_within_50_epochs(tmp_path):
     # epochs of 512 rollouts, no NaN, drift bounded, off-manifold mass not above the base model's
     from diffalign.experiments import align
 
-    align.run(align.Config(task="ring", method="awm", epochs=50, seed=1), str(tmp_path))
+    align.run(build(align.Config, task="ring", method="awm", epochs=50, seed=1), str(tmp_path))
     with open(tmp_path / "results.json") as f:
         r = json.load(f)
     m, curves = r["metrics"], r["curves"]

@@ -112,7 +112,7 @@ class DistillationMethod:
         """The label the student and fake score are called with (TDM's K index; none here)."""
         return None
 
-    def _pred(self, params, conditioned: bool = True) -> Predictor:
+    def predictor(self, params, conditioned: bool = True) -> Predictor:
         """The network as a Predictor; a labelled student and its fake score also get their label
         (the teacher never does)."""
         label = self.label() if conditioned else None
@@ -122,7 +122,7 @@ class DistillationMethod:
                          self.path, self.parametrization)
 
     @staticmethod
-    def _expert(experts, e):
+    def expert(experts, e):
         return jax.tree.map(lambda p: p[e], experts)
 
     # -- state -----------------------------------------------------------------------------
@@ -167,7 +167,7 @@ class DistillationMethod:
         states, x0s, x = [z], [], z
         for k in range(upto):
             noise = jax.random.normal(jax.random.fold_in(key, k), x.shape, x.dtype) if stochastic else None
-            x, x0 = self._advance(self._expert(experts, self.expert_of_step(k)), x, k, noise)
+            x, x0 = self._advance(self.expert(experts, self.expert_of_step(k)), x, k, noise)
             states.append(x)
             x0s.append(x0)
         return states, x0s
@@ -176,7 +176,7 @@ class DistillationMethod:
         """Step k of the generator: (the state at t_{k+1}, the x0 prediction at t_k). The last
         step returns the prediction itself."""
         ts = self.grid
-        pred = self._pred(params)
+        pred = self.predictor(params)
         t = jnp.full((x.shape[0],), ts[k], x.dtype)
         x0 = pred.x0(x, t)
         if k + 1 == self.student_steps:
@@ -189,24 +189,24 @@ class DistillationMethod:
         return self.rollout(experts, z, key=key)[0][-1]
 
     # -- what the methods share ----------------------------------------------------------------
-    def _noise(self, key, shape):
+    def prior_noise(self, key, shape):
         return self.path.prior_sample(key, shape)
 
-    def _draws(self, key):
+    def draws(self, key):
         """This update's draws: (z, rollout key, step key, time key, eps)."""
         kz, kr, kk, kt, ke = jax.random.split(key, 5)
-        z = self._noise(kz, (self.batch_size,) + self.data_shape)
+        z = self.prior_noise(kz, (self.batch_size,) + self.data_shape)
         return z, kr, kk, kt, jax.random.normal(ke, z.shape, z.dtype)
 
     @staticmethod
-    def _pick(xs, k):
+    def pick(xs, k):
         """Per-example selection xs[k[i]][i] from a list of (B, ...) arrays."""
         stacked = jnp.stack(xs)
         return jnp.take_along_axis(stacked, k.reshape((1, -1) + (1,) * (stacked.ndim - 2)), axis=0)[0]
 
-    def _denoisers(self, fake, x_t, t):
-        mu_real = self._pred(self.teacher, conditioned=False).x0(x_t, t)
-        mu_fake = self._pred(fake).x0(x_t, t)
+    def denoisers(self, fake, x_t, t):
+        mu_real = self.predictor(self.teacher, conditioned=False).x0(x_t, t)
+        mu_fake = self.predictor(fake).x0(x_t, t)
         return jax.lax.stop_gradient(mu_fake), jax.lax.stop_gradient(mu_real)
 
     def fake_sample(self, experts, phase, key):
@@ -236,7 +236,7 @@ class DistillationMethod:
         def for_variant(v):
             def run():
                 x_s, s, t_max = self._branch(phase, lambda p: lambda: v.fake_sample(experts, p, k_s))
-                net = lambda p, x, t: v._pred(p).fn(x, t)  # noqa: E731 (the fake score with v's label)
+                net = lambda p, x, t: v.predictor(p).fn(x, t)  # noqa: E731 (the fake score with v's label)
                 return O.subinterval_fm_loss(net, self.path, self.parametrization, clamp=self.fake_clamp)(
                     params["fake"], x_s, s, k_l, t_max)
             return run

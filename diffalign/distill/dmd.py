@@ -20,16 +20,16 @@ from .base import DistillationMethod
 def distribution_matching_loss(method: DistillationMethod, experts, fake, key):
     """DMD / DMD2's generator loss: the prediction at a backward-simulated step k ~ U{0..K-1}
     (through the current generator, detached), pushed by the DMD gradient at t ~ U[t_range]."""
-    z, kr, kk, kt, eps = method._draws(key)
+    z, kr, kk, kt, eps = method.draws(key)
     B = method.batch_size
     lo, hi = method.t_range
     states, _ = method.rollout(jax.lax.stop_gradient(experts), z, key=kr)
     k = jax.random.randint(kk, (B,), 0, method.student_steps)
-    x_in, t_in = method._pick(states[:-1], k), method.grid[k]
-    x = method._pred(method._expert(experts, 0)).x0(jax.lax.stop_gradient(x_in), t_in)
+    x_in, t_in = method.pick(states[:-1], k), method.grid[k]
+    x = method.predictor(method.expert(experts, 0)).x0(jax.lax.stop_gradient(x_in), t_in)
     t = jax.random.uniform(kt, (B,), minval=lo, maxval=hi)
     x_t = method.path.interpolate(jax.lax.stop_gradient(x), eps, t)
-    mu_fake, mu_real = method._denoisers(fake, x_t, t)
+    mu_fake, mu_real = method.denoisers(fake, x_t, t)
     return O.matching_loss(x, O.dm_gradient(mu_fake, mu_real, jax.lax.stop_gradient(x)))
 
 
@@ -37,10 +37,10 @@ def final_predictions(method: DistillationMethod, experts, key):
     """(x_s, s, t_max) for the fake score: the generator's prediction at a random step, at s = 0."""
     B = method.batch_size
     kz, kr, kk = jax.random.split(key, 3)
-    z = method._noise(kz, (B,) + method.data_shape)
+    z = method.prior_noise(kz, (B,) + method.data_shape)
     _, x0s = method.rollout(jax.lax.stop_gradient(experts), z, key=kr)
     k = jax.random.randint(kk, (B,), 0, method.student_steps)
-    return method._pick(x0s, k), jnp.zeros((B,)), jnp.ones((B,))
+    return method.pick(x0s, k), jnp.zeros((B,)), jnp.ones((B,))
 
 
 @dataclasses.dataclass(frozen=True)

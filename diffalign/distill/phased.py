@@ -75,7 +75,7 @@ class PhasedDMD(DistillationMethod):
         bring z to the phase's start, its own expert (with gradient) to its end s."""
         first, end = self.phase_bounds(phase)
         x = self.rollout(jax.lax.stop_gradient(experts), z, upto=first)[0][-1]
-        params = self._expert(experts, phase)
+        params = self.expert(experts, phase)
         x0 = None
         for k in range(first, end):
             x, x0 = self._advance(params, x, k)
@@ -84,18 +84,18 @@ class PhasedDMD(DistillationMethod):
     def fake_sample(self, experts, phase, key):
         B = self.batch_size
         kz, _, _ = jax.random.split(key, 3)
-        z = self._noise(kz, (B,) + self.data_shape)
+        z = self.prior_noise(kz, (B,) + self.data_shape)
         x_s, _, s = self._phase_output(jax.lax.stop_gradient(experts), phase, z)
         return jax.lax.stop_gradient(x_s), jnp.full((B,), s), jnp.ones((B,))
 
     def generator_loss(self, experts, fake, batch, key, phase: int = 0):
-        z, _, _, kt, eps = self._draws(key)
+        z, _, _, kt, eps = self.draws(key)
         lo, hi = self.t_range
         x_s, x0_last, s = self._phase_output(experts, phase, z)
         t = O.sample_times_above(kt, jnp.maximum(s, lo), hi, self.batch_size, z.dtype)
         a_ts, sig_ts = O.transition(self.path, s, t)
         x_t = bcast(a_ts, x_s) * jax.lax.stop_gradient(x_s) + bcast(sig_ts, x_s) * eps
-        mu_fake, mu_real = self._denoisers(fake, x_t, t)
+        mu_fake, mu_real = self.denoisers(fake, x_t, t)
         a_s, _ = self.path.coeffs(s)
         g = O.dm_gradient(mu_fake, mu_real, jax.lax.stop_gradient(x0_last)) / a_s
         loss = O.matching_loss(x_s, g)

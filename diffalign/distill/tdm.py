@@ -84,20 +84,20 @@ class TDM(DistillationMethod):
     def fake_sample(self, experts, phase, key):
         B = self.batch_size
         kz, _, kk = jax.random.split(key, 3)
-        z = self._noise(kz, (B,) + self.data_shape)
+        z = self.prior_noise(kz, (B,) + self.data_shape)
         states, _ = self.rollout(jax.lax.stop_gradient(experts), z)
         k = jax.random.randint(kk, (B,), 0, self.student_steps)
         ts = self.grid
-        return self._pick(states[1:], k), ts[k + 1], ts[k]
+        return self.pick(states[1:], k), ts[k + 1], ts[k]
 
     def generator_loss(self, experts, fake, batch, key, phase: int = 0):
-        z, _, kk, kt, eps = self._draws(key)
+        z, _, kk, kt, eps = self.draws(key)
         B = self.batch_size
         states, _ = self.rollout(jax.lax.stop_gradient(experts), z)
         k = jax.random.randint(kk, (B,), 0, self.student_steps)
         ts = self.grid
-        x_k, t_k, t_next = jax.lax.stop_gradient(self._pick(states[:-1], k)), ts[k], ts[k + 1]
-        x0 = self._pred(self._expert(experts, 0)).x0(x_k, t_k)
+        x_k, t_k, t_next = jax.lax.stop_gradient(self.pick(states[:-1], k)), ts[k], ts[k + 1]
+        x0 = self.predictor(self.expert(experts, 0)).x0(x_k, t_k)
         a_k, s_k = self.path.coeffs(t_k)
         eps_hat = (x_k - bcast(a_k, x_k) * x0) / bcast(s_k, x_k)
         a_n, s_n = self.path.coeffs(t_next)
@@ -105,7 +105,7 @@ class TDM(DistillationMethod):
         tau = O.sample_times_above(kt, t_next, t_k, B, z.dtype)
         a_ts, sig_ts = O.transition(self.path, t_next, tau)
         x_tau = bcast(a_ts, x0) * x_next + bcast(sig_ts, x0) * eps
-        mu_fake, mu_real = self._denoisers(fake, x_tau, tau)
+        mu_fake, mu_real = self.denoisers(fake, x_tau, tau)
         g = O.dm_gradient(mu_fake, mu_real, jax.lax.stop_gradient(x0))
         loss = O.pseudo_huber_matching_loss(x0, g, self.huber_c)
         return loss, {"loss_dm": loss}

@@ -1,11 +1,13 @@
 """GDSS's data sets with their evaluators, as the experiments and notebooks use them.
 
-An evaluator is a small object over one data set: ``keys`` (the metrics it reports),
-``batch_fn(seed)`` (training batches), ``flags`` (node flags to draw sampling sizes from),
-``sample_batch(n)`` (the reference's sampling round size), ``save_and_score(x, adj, flags, out,
-tag, first, score)`` (write the generated graphs and score them against the test set) and
-``score_file(path, out)``. ``GenericGraphs`` reports MMDs of degree, clustering and orbit
-counts; ``Molecules`` validity without correction, uniqueness, novelty, NSPDK and FCD.
+Each data set is an ``Evaluator`` (``diffalign.metrics.Evaluator``: ``keys``, ``score(samples)``,
+``summarise(per_seed)``) that also serves its training data: ``batch_fn(seed)`` (training
+batches), ``flags`` (node flags to draw sampling sizes from), ``sample_batch(n)`` (the
+reference's sampling round size), ``save_and_score(x, adj, flags, out, tag, first, score)``
+(write the generated graphs, the sampler's dense output, and score them against the test set)
+and ``score_file(path, out)``. ``GenericGraphs`` reports MMDs of degree, clustering and orbit
+counts (and GDSS's average of the three); ``Molecules`` validity without correction, uniqueness,
+novelty, NSPDK and FCD.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import jax
 import numpy as np
 
 from ..checkpoint import Checkpointer
+from ..metrics import Evaluator
 from . import data as gdata
 from .gdss import make_batch_fn, make_molecule_batch_fn, quantize_generic, sample_flags, sampler
 from .metrics import graph_mmds
@@ -26,7 +29,7 @@ def _dense(graphs, cfg):
     return gdata.to_dense(graphs, cfg.max_nodes, cfg.max_feat)
 
 
-class GenericGraphs:
+class GenericGraphs(Evaluator):
     """Generic graphs: dense one-hot-degree batches, MMDs of degree / clustering / orbits."""
 
     keys = ("degree", "clustering", "orbit")
@@ -50,16 +53,27 @@ class GenericGraphs:
         gdata.write_edge_lists(os.path.join(out, f"samples_{tag}.npz"), graphs)
         if first:
             gdata.write_edge_lists(os.path.join(out, "samples.npz"), graphs)
-        return graph_mmds(self.test, graphs) if score else {}
+        return self.score(graphs) if score else {}
+
+    def score(self, samples) -> dict:
+        """MMDs of the generated graphs (networkx) to the test set."""
+        return graph_mmds(self.test, samples)
+
+    def summarise(self, per_seed: dict) -> dict:
+        out = super().summarise(per_seed)
+        rows = out.pop("per_seed")
+        if "degree" in out:
+            out["average"] = float(np.mean([out["degree"], out["clustering"], out["orbit"]]))
+        return {**out, "per_seed": rows}
 
     def score_file(self, path, out):
         generated = gdata.read_edge_lists(path)
-        m = graph_mmds(self.test, generated)
+        m = self.score(generated)
         m.update(num_generated=len(generated), num_reference=len(self.test))
         return m
 
 
-class Molecules:
+class Molecules(Evaluator):
     """Molecules: atom-type / bond-order batches; validity, uniqueness, novelty, NSPDK, FCD."""
 
     keys = ("validity_wo_correction", "uniqueness", "novelty", "nspdk", "fcd")
@@ -82,14 +96,24 @@ class Molecules:
         """GDSS samples its 10,000 molecules in one batch."""
         return n
 
+    def quantize(self, x, adj):
+        """The sampler's dense output as (atom types, bond orders)."""
+        return self.M.quantize(np.asarray(x), np.asarray(adj))
+
+    def load_samples(self, path):
+        """(atom types, bond orders) saved by ``save_and_score``."""
+        return self.M.load_quantized(path, self.name)
+
     def save_and_score(self, x, adj, flags, out, tag, first, score=True):
-        types, bonds = self.M.quantize(np.asarray(x), np.asarray(adj))
+        types, bonds = self.quantize(x, adj)
         self.M.save_quantized(os.path.join(out, f"samples_{tag}.npz"), types, bonds, self.name)
         if not score:
             return {}
-        return self._decode_and_score(types, bonds, out, tag, first)
+        return self.score_quantized(types, bonds, out, tag, first)
 
-    def _decode_and_score(self, types, bonds, out, tag, first):
+    def score_quantized(self, types, bonds, out, tag, first=False):
+        """Decode quantized molecules as the sampler does, write their SMILES to
+        ``out/samples_{tag}.smi`` (and ``samples.smi`` when ``first``) and score them."""
         dec = self.M.decode(types, bonds, self.name)
         lines = "\n".join(s or "" for s in dec.smiles) + "\n"
         with open(os.path.join(out, f"samples_{tag}.smi"), "w") as f:
@@ -97,33 +121,35 @@ class Molecules:
         if first:
             with open(os.path.join(out, "samples.smi"), "w") as f:
                 f.write(lines)
-        return self._score(dec.smiles, dec.valid_without_correction)
+        return self.score(dec.smiles, dec.valid_without_correction)
 
     def score_file(self, path, out):
         """A SMILES file (one per line; validity without correction unknown) or a ``.npz`` of
         quantized molecules (``atom_types``, ``bond_orders``), decoded here as the sampler does."""
         if path.endswith(".npz"):
-            types, bonds = self.M.load_quantized(path, self.name)
-            m = self._decode_and_score(types, bonds, out, "decoded", False)
+            types, bonds = self.load_samples(path)
+            m = self.score_quantized(types, bonds, out, "decoded")
             m.update(num_generated=len(types), num_reference=len(self.test_smiles))
             return m
         with open(path) as f:
             smiles = [line.strip() for line in f]
-        m = self._score(smiles, None)
+        m = self.score(smiles)
         m.update(num_generated=len(smiles), num_reference=len(self.test_smiles))
         return m
 
-    def _score(self, smiles, valid_wo):
+    def score(self, samples, valid_wo=None) -> dict:
+        """Metrics of generated SMILES (``None`` for a failed decoding); ``valid_wo`` (per
+        molecule, validity before valency correction) when known, else that metric is NaN."""
         from .nspdk import mol_to_graph, nspdk_mmd
         from rdkit import Chem
 
         if self._train_can is None:
             self._train_can = set(s for s in self.M.canonical(self.train_smiles) if s)
             self._test_graphs = [mol_to_graph(Chem.MolFromSmiles(s)) for s in self.test_smiles]
-        m = self.M.validity_uniqueness_novelty(smiles, self._train_can, valid_wo)
+        m = self.M.validity_uniqueness_novelty(samples, self._train_can, valid_wo)
         if valid_wo is None:
             m["validity_wo_correction"] = float("nan")  # unknown for SMILES from elsewhere
-        mols = [Chem.MolFromSmiles(s) for s in smiles if s]
+        mols = [Chem.MolFromSmiles(s) for s in samples if s]
         mols = [mol for mol in mols if mol is not None]
         m["nspdk"] = nspdk_mmd(self._test_graphs, [mol_to_graph(mol) for mol in mols]) if mols else float("nan")
         m["fcd"] = self.M.fcd([Chem.MolToSmiles(mol) for mol in mols], self.test_smiles)
@@ -158,20 +184,6 @@ def sample_and_score(model, params, data, seeds, n, out, overrides, timer, score
                                               np.concatenate(fls)[:n], out, f"seed{s}", s == seeds[0], score)
         print(f"sampling seed {s}: " + (" ".join(f"{k} {v:.4f}" for k, v in per_seed[s].items()) or "saved, not scored"))
     return per_seed
-
-
-def seed_summary(per_seed: dict, keys) -> dict:
-    """Mean and std (ddof 1) over sampling seeds of each metric, GDSS's MMD average, and the per-seed rows."""
-    out = {}
-    for k in keys:
-        vals = [m[k] for m in per_seed.values() if k in m]
-        if vals:
-            out[k] = float(np.mean(vals))
-            out[f"{k}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-    if "degree" in out:
-        out["average"] = float(np.mean([out["degree"], out["clustering"], out["orbit"]]))
-    out["per_seed"] = {str(s): m for s, m in per_seed.items()}
-    return out
 
 
 def trained_config(run: str) -> dict:

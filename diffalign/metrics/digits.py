@@ -1,8 +1,10 @@
-"""A judge of generated 8x8 digits: one logistic-regression classifier for every experiment.
+"""Judges of generated 8x8 digits: one logistic-regression classifier for every experiment, and
+the two evaluators built on it.
 
-Fitted on the training digits' pixel levels / 16; it labels images, gives the class
-probabilities of model samples in JAX (the alignment reward), and the features of the Frechet
-distances (its logits; the top 16 principal components of the training images).
+The classifier is fitted on the training digits' pixel levels / 16; it labels images, gives the
+class probabilities of model samples in JAX (the alignment reward), and the features of the
+Frechet distances (its logits; the top 16 principal components of the training images).
+``DigitSamples`` scores unconditional samples, ``DigitClass`` samples aligned to one class.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .distances import energy_distance, frechet_distance
+from .evaluator import Evaluator
 
 
 class DigitClassifier:
@@ -53,28 +56,59 @@ class DigitClassifier:
     def reward(self, c: int):
         return lambda x, y=None: jax.nn.softmax(self.logits(x))[:, c]
 
-    def class_report(self, x, real_levels, c: int) -> dict:
-        """For samples ``x``: the class-c fraction, the Frechet distance in logit space between
-        the samples classified as c and the real class-c images, and their diversity (mean
-        pairwise L2 in pixel space) over the real class's."""
-
-        real = jnp.asarray(2.0 * (real_levels + 0.5) / 17.0 - 1.0, jnp.float32)
-        pred = np.asarray(jnp.argmax(self.logits(x), -1))
-        mine = np.asarray(x)[pred == c]
-        out = {"class_fraction": float(np.mean(pred == c)), "class_count": int(len(mine))}
-        if len(mine) >= 10:
-            out["frechet_logits"] = frechet_distance(np.asarray(self.logits(jnp.asarray(mine))), np.asarray(self.logits(real)))
-            out["frechet_pca16"] = frechet_distance(self.pca(mine), self.pca(np.asarray(real)))
-            out["diversity_ratio"] = _mean_pairwise(mine) / _mean_pairwise(np.asarray(real))
-            out["energy_distance"] = energy_distance(mine, np.asarray(real))
-        return out
-
     def metrics(self, c: int):
         def fn(x):
             pred = jnp.argmax(self.logits(x), -1)
             return {"in_target": jnp.mean((pred == c).astype(jnp.float32))}
 
         return fn
+
+
+class DigitSamples(Evaluator):
+    """Unconditional digit samples against real images ``real`` (in the model's [-1, 1] scale):
+    Frechet distances in the classifier's logit space and in the training images' top 16
+    principal components, and the histogram of the predicted classes."""
+
+    keys = ("frechet_logits", "frechet_pca16")
+
+    def __init__(self, classifier: DigitClassifier, real):
+        self.classifier, self.real = classifier, np.asarray(real)
+        self._real_logits = np.asarray(classifier.logits(jnp.asarray(self.real)))
+
+    def score(self, samples) -> dict:
+        x = np.asarray(samples)
+        logits = np.asarray(self.classifier.logits(jnp.asarray(x)))
+        return {
+            "frechet_logits": frechet_distance(logits, self._real_logits),
+            "frechet_pca16": frechet_distance(self.classifier.pca(x), self.classifier.pca(self.real)),
+            "class_histogram": np.bincount(logits.argmax(-1), minlength=10).tolist(),
+        }
+
+
+class DigitClass(Evaluator):
+    """Samples meant to be of class ``c`` (a reward-aligned model) against the real class-c images
+    (pixel levels): the class-c fraction; and, among the samples classified as c (10 at least), the
+    Frechet distances in logit and PCA space, their diversity (mean pairwise L2 in pixel space)
+    over the real class's, and the energy distance."""
+
+    keys = ("class_fraction", "frechet_logits", "frechet_pca16", "diversity_ratio", "energy_distance")
+
+    def __init__(self, classifier: DigitClassifier, real_levels, c: int):
+        self.classifier, self.c = classifier, c
+        self.real = np.asarray(2.0 * (np.asarray(real_levels) + 0.5) / 17.0 - 1.0, np.float32)
+
+    def score(self, samples) -> dict:
+        clf, c, real = self.classifier, self.c, self.real
+        pred = np.asarray(jnp.argmax(clf.logits(jnp.asarray(samples)), -1))
+        mine = np.asarray(samples)[pred == c]
+        out = {"class_fraction": float(np.mean(pred == c)), "class_count": int(len(mine))}
+        if len(mine) >= 10:
+            out["frechet_logits"] = frechet_distance(np.asarray(clf.logits(jnp.asarray(mine))),
+                                                     np.asarray(clf.logits(jnp.asarray(real))))
+            out["frechet_pca16"] = frechet_distance(clf.pca(mine), clf.pca(real))
+            out["diversity_ratio"] = _mean_pairwise(mine) / _mean_pairwise(real)
+            out["energy_distance"] = energy_distance(mine, real)
+        return out
 
 
 def _mean_pairwise(a, limit: int = 2000):

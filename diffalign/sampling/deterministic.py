@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from ..paths.conversions import Predictor
-from .grids import EDM_SIGMA_MAX, time_grid
+from .grids import time_grid
 
 
 def _t(t, x):

@@ -52,6 +52,10 @@ class NonFiniteLossError(FloatingPointError):
         )
 
 
+# the loop's own settings: a run may resume with other values (they change no result)
+LOOP_KEYS = ("steps_per_call", "log_every", "checkpoint_every", "resume")
+
+
 class TrainResult(NamedTuple):
     state: object
     summary: dict
@@ -165,6 +169,7 @@ def train(
     mesh=None,
     progress: bool = True,
     tensorboard: bool = False,
+    resume: bool = True,
     resume_ignore: tuple[str, ...] = ("num_steps",),
     resume_defaults: dict | None = None,
     on_log: Callable | None = None,
@@ -183,6 +188,8 @@ def train(
       num_steps: total number of steps of the run (not the number still to do).
       workdir: where checkpoints (``workdir/checkpoints``) and metric logs go; ``None``
         trains in memory only.
+      resume: continue from the newest checkpoint in ``workdir``; ``False`` refuses a workdir
+        that holds one (nothing is deleted).
       config: JSON-serialisable run config, saved beside every checkpoint and compared on
         resume (keys in ``resume_ignore`` may differ; ``resume_defaults`` gives the value a key
         stands for in configs written before it existed).
@@ -222,10 +229,16 @@ def train(
     if workdir is not None:
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints)
         latest = ckpt.latest_step()
+        if latest is not None and not resume:
+            ckpt.close()
+            raise CheckpointError(
+                f"{ckpt.directory} holds a checkpoint of step {latest} and resume is off (--no-resume): "
+                "choose a fresh output directory, or remove this one to start over"
+            )
         if latest is not None:
             saved_config = ckpt.read_config(latest)  # compared before restoring: a changed model names its keys
             if config is not None and saved_config is not None:
-                diff = config_differences(saved_config, config, resume_ignore, resume_defaults)
+                diff = config_differences(saved_config, config, tuple(resume_ignore) + LOOP_KEYS, resume_defaults)
                 if diff:
                     raise CheckpointError(
                         f"the checkpoints in {ckpt.directory} were written with a different config "
