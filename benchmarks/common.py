@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: writing their JSON result."""
+"""What the benchmark scripts share: writing their JSON result, the matmul peak, and timing a
+peer interleaved with us."""
 
 from __future__ import annotations
 
@@ -57,3 +58,46 @@ def timed(fn, *args, repeats: int):
         jax.block_until_ready(compiled(*args))
         runs.append(time.perf_counter() - t0)
     return compile_s, statistics.median(runs), runs
+
+
+def matmul_peak(repeats: int = 7, n: int = 2048) -> float:
+    """This machine's fp32 matmul rate (FLOP/s) through XLA, median of ``repeats``: the yardstick
+    every row's fraction of peak is measured against, in the same run."""
+    import statistics
+    import time
+
+    import jax
+
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        ts.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(ts)
+
+
+def interleaved(ours, peer, repeats: int) -> tuple[list[float], list[float]]:
+    """Call ``ours()`` and ``peer()`` alternately ``repeats`` times (ours, peer, ours, peer, ...);
+    each returns the seconds of one measured run. So both see the same machine, hour and load."""
+    mine, theirs = [], []
+    for _ in range(repeats):
+        mine.append(float(ours()))
+        theirs.append(float(peer()))
+    return mine, theirs
+
+
+def peer_row(ours_s: list[float], peer_s: list[float] | None, peer: dict | str, threads: int, **extra) -> dict:
+    """One ``rows.<name>`` entry: both medians, every run, the peer's name and version, and the
+    ratio peer / ours (median, min and max over the interleaved pairs). Without a peer measured in
+    this run, ``peer`` is "not measured" and there is no ratio: never an old constant."""
+    import statistics
+
+    row = {"ours_s": statistics.median(ours_s), "ours_runs_s": ours_s, "threads": threads}
+    if not peer_s:
+        return {**row, "peer": "not measured", "peer_s": None, "ratio": None, **extra}
+    ratios = [p / o for p, o in zip(peer_s, ours_s)]
+    return {**row, "peer": peer, "peer_s": statistics.median(peer_s), "peer_runs_s": peer_s,
+            "ratio": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}, **extra}

@@ -1,8 +1,16 @@
-"""Speed of GDSS training and sampling (community_small networks), and its growth with N.
+"""Speed of GDSS training and sampling (community_small networks) against the official code, in
+the same run, and its growth with N.
 
-    python benchmarks/gdss.py                          # both cores
-    taskset -c 0 python benchmarks/gdss.py --threads 1 # one core
-    python benchmarks/gdss.py --quick                  # fewer steps: a check, not a result
+    python benchmarks/gdss.py --reference GDSS          # both cores
+    taskset -c 0 python benchmarks/gdss.py --threads 1 --reference GDSS   # one core
+    python benchmarks/gdss.py --quick                   # fewer steps: a check, not a result
+
+``GDSS`` is a checkout of the official code (harryjo97/GDSS, fetched by the user; nothing of it
+is copied here), run by ``benchmarks/peers/gdss_official.py`` under ``--reference-python`` (a
+Python with torch, networkx, tqdm and pyyaml; this one by default). Ours and theirs alternate
+(ours, peer, ours, peer, ...) at the same thread count, so the ratio comes from one run: its
+median, min and max over the pairs are under ``rows.train`` and ``rows.pc_sampling``. Without
+``--reference`` the rows say "not measured".
 
 Writes benchmarks/results/gdss-<N>thread(s).json. Rows:
 * training step on community_small's 80 training graphs (N = 20), median over chunks;
@@ -13,28 +21,31 @@ Writes benchmarks/results/gdss-<N>thread(s).json. Rows:
 Training and sampling run in size buckets (the networks skip padding nodes; same numbers), and
 the headline rows also without (padded). FLOP/s is XLA's count of the padded program (for
 sampling: one evaluation of both networks, times evaluations per step, times steps) over the
-time: the work the reference does, so with buckets it is an equivalent rate. The reference PyTorch code,
-one thread on this CPU (the issue's figures): 0.22 s per training iteration (80 graphs),
-0.25 s per PC step for 128 graphs (about 250 s per 1000-step run).
+time: the work the reference does, so with buckets it is an equivalent rate; every rate is also a
+fraction of the fp32 matmul peak measured at the start of the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
-
-REFERENCE = {"train_iteration_s_1thread": 0.22, "pc_step_128_graphs_s_1thread": 0.25,
-             "pc_run_1000_steps_128_graphs_s_1thread": 250.0}
-
 
 def parse():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--sizes", type=int, nargs="+", default=[20, 40, 80, 160])
+    p.add_argument("--sizes", type=int, nargs="*", default=[20, 40, 80, 160], help="growth rows (none: skip)")
+    p.add_argument("--reference", help="a checkout of the official GDSS code, timed in the same run")
+    p.add_argument("--reference-python", default=sys.executable, help="the Python that runs the official code")
+    p.add_argument("--reference-version", help="its commit, when the checkout has no .git")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the rows against the peer")
+    p.add_argument("--steps", type=int, default=1000, help="reverse steps of the sampling rows")
+    p.add_argument("--headline-only", action="store_true", help="only the rows against the peer")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     return p.parse_args()
 
@@ -44,16 +55,96 @@ if ARGS.threads == 1 and hasattr(os, "sched_getaffinity") and len(os.sched_getaf
     sys.exit("--threads 1 measures one core: run it as `taskset -c 0 python benchmarks/gdss.py --threads 1`")
 
 import jax  # noqa: E402
-from common import time_train_chunks, write_result  # noqa: E402
+from common import interleaved, matmul_peak, peer_row, time_train_chunks, write_result  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from diffalign.graphs import data as gdata  # noqa: E402
 from diffalign.graphs.configs import get_config  # noqa: E402
 from diffalign.graphs.gdss import build_model, make_batch_fn, make_step, sampler  # noqa: E402
-from diffalign.training import init_train_state  # noqa: E402
+from diffalign.training import init_train_state, make_multi_step  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data")
+DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers", "gdss_official.py")
+
+
+def peer_info():
+    if not ARGS.reference:
+        return None
+    version = ARGS.reference_version
+    if version is None:
+        git = subprocess.run(["git", "-C", ARGS.reference, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        version = git.stdout.strip() or "unknown commit"
+    torch = subprocess.run([ARGS.reference_python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
+                           text=True).stdout.strip()
+    return {"name": "GDSS official code (harryjo97/GDSS)", "version": version, "torch": torch}
+
+
+def peer_run(task: str, data: str, threads: int, **kw) -> float:
+    """One timed run of the official code in its own process (start-up and model building not timed)."""
+    cmd = [ARGS.reference_python, DRIVER, "--reference", ARGS.reference, "--task", task, "--data", data,
+           "--threads", str(threads), "--repeats", "1"]
+    for k, v in kw.items():
+        cmd += [f"--{k}", str(v)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"the official code failed ({' '.join(cmd)}):\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])["runs_s"][0]
+
+
+def headline_rows(cfg, x, adj, flags, sample_flags_, threads, peak, repeats, steps, tmp):
+    """``rows.train`` and ``rows.pc_sampling``: ours as users run it (size buckets) and the official
+    code on the same batch / node counts, interleaved."""
+    peer = peer_info()
+    np.savez(os.path.join(tmp, "train.npz"), x=x, adj=adj, flags=flags)
+    n, f = sample_flags_.shape[1], cfg.max_feat
+    np.savez(os.path.join(tmp, "sample.npz"), x=np.zeros((len(sample_flags_), n, f), np.float32),
+             adj=np.zeros((len(sample_flags_), n, n), np.float32), flags=np.asarray(sample_flags_))
+    rows = {}
+
+    model = build_model(cfg, 0)
+    bf = make_batch_fn(x, adj, cfg.batch_size, 1)
+    opt, step = make_step(model, flags)
+    state = init_train_state(model.params, opt, jax.random.key(0))
+    _, padded = make_step(model, flags, num_buckets=1)
+    flops = flops_of(jax.jit(padded).lower(state, bf(0)).compile())
+    chunk = 10 if ARGS.quick else 50
+    run = jax.jit(make_multi_step(step, bf, chunk), donate_argnums=0)
+    compiled = run.lower(state).compile()
+    box = [jax.block_until_ready(compiled(jax.tree.map(jnp.copy, state))[0])]  # the state is donated
+
+    def ours_train():
+        t0 = time.perf_counter()
+        box[0] = jax.block_until_ready(compiled(box[0])[0])
+        return (time.perf_counter() - t0) / chunk
+
+    peer_train = (lambda: peer_run("train", os.path.join(tmp, "train.npz"), threads, iterations=10)) if peer else None
+    mine, theirs = interleaved(ours_train, peer_train or (lambda: float("nan")), repeats)
+    rows["train"] = peer_row(mine, theirs if peer else None, peer or "not measured", threads,
+                             what=f"one training iteration on community_small's {len(x)} training graphs",
+                             flops_per_iteration_padded=flops)
+
+    f_s = sampler(model, model.params, solver="pc", predictor="euler", corrector="langevin", snr=0.05, scale_eps=0.7,
+                  num_scales=steps)
+    compiled_s = f_s.lower(jax.random.key(0), sample_flags_).compile()
+    jax.block_until_ready(compiled_s(jax.random.key(0), sample_flags_))
+
+    def ours_sample():
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled_s(jax.random.key(1), sample_flags_))
+        return time.perf_counter() - t0
+
+    peer_sample = (lambda: peer_run("pc", os.path.join(tmp, "sample.npz"), threads, steps=steps)) if peer else None
+    mine, theirs = interleaved(ours_sample, peer_sample or (lambda: float("nan")), repeats)
+    per_eval = forward_flops(model, model.params, sample_flags_)
+    rows["pc_sampling"] = peer_row(mine, theirs if peer else None, peer or "not measured", threads,
+                                   what=f"PC sampling (Euler + Langevin) of {len(sample_flags_)} graphs, {steps} steps",
+                                   flops_per_run_padded=per_eval * 4 * steps if per_eval else None)
+    for r, key in ((rows["train"], "flops_per_iteration_padded"), (rows["pc_sampling"], "flops_per_run_padded")):
+        fl = r[key]
+        r["fraction_of_peak"] = {"ours": fl / r["ours_s"] / peak if fl else None,
+                                 "peer": fl / r["peer_s"] / peak if fl and r["peer_s"] else None}
+    return rows
 
 
 def flops_of(compiled):
@@ -140,11 +231,25 @@ def random_graphs(n_nodes, graphs, seed=0):
 def main():
     quick = ARGS.quick
     threads = ARGS.threads or os.cpu_count()
-    res = {"threads": threads, "quick": quick, "platform": platform.platform(), "jax": jax.__version__,
-           "reference_pytorch": REFERENCE}
+    res = {"threads": threads, "quick": quick, "platform": platform.platform(), "jax": jax.__version__}
     cfg = get_config("community_small")
     train_graphs, _ = gdata.load_generic("community_small", DATA)
     x, adj, flags = gdata.to_dense(train_graphs, cfg.max_nodes, cfg.max_feat)
+    peak = matmul_peak()
+    res["matmul_peak_flops_per_s"] = peak
+    print(f"fp32 matmul peak (2048^2): {peak / 1e9:.0f} GFLOP/s")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = headline_rows(cfg, x, adj, flags, random_flags(20), threads, peak, 1 if quick else ARGS.repeats,
+                             50 if quick else ARGS.steps, tmp)
+    res["rows"] = rows
+    for name, r in rows.items():
+        ratio = f"{r['ratio']['median']:.2f}x (range {r['ratio']['min']:.2f}-{r['ratio']['max']:.2f})" if r["ratio"] else "peer not measured"
+        print(f"{name}: ours {r['ours_s']:.4g} s, official {r['peer_s'] if r['peer_s'] is None else round(r['peer_s'], 4)} s: {ratio}")
+    if ARGS.headline_only:
+        write_result(ARGS.out, "gdss", threads, quick, res)
+        return
     res["train_community_small"] = train_row(cfg, x, adj, flags, chunk=10 if quick else 50,
                                              repeats=1 if quick else 3)
     r = res["train_community_small"]

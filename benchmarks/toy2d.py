@@ -1,4 +1,4 @@
-"""Speed of 2-D flow-matching training and sampling, against torchcfm's numbers on the same CPU.
+"""Speed of 2-D flow-matching training and sampling, against torchcfm timed in the same run.
 
     python benchmarks/toy2d.py                   # both cores (XLA's default)
     taskset -c 0 python benchmarks/toy2d.py --threads 1   # one core (XLA's CPU runtime ignores
@@ -8,6 +8,14 @@
 Writes benchmarks/results/toy2d-<N>threads.json. Compile time is reported apart from run
 time; every timing is the median of ``--repeats`` runs after a warm-up.
 
+torchcfm (the ``peers`` extra: a CPU build of torch, and torchcfm) runs in this process,
+interleaved with ours (ours, peer, ours, peer, ...) at the same thread count
+(``benchmarks/peers/torchcfm_toy2d.py``): ``rows.icfm_train`` (the tutorial's 20k I-CFM steps)
+and ``rows.euler_sample`` (10k samples, 100 Euler steps) hold both times, every run, the peer's
+versions and the ratio peer / ours (median, min, max over the pairs), and each as a fraction of
+the fp32 matmul peak measured at the start of the run. Without torchcfm (or with ``--no-peer``)
+they say "not measured".
+
 Rows:
 * tutorial setting (torchcfm's 8 gaussians -> moons notebook: 3x64 SELU MLP, batch 256,
   Adam, 20k steps): I-CFM, OT-CFM with the exact plan (POT, solved on host threads for a
@@ -16,7 +24,6 @@ Rows:
 * sampling 10k points with 100 Euler steps, and the cheapest sampler that matches that W2;
 * a 3x256 MLP at batch 4096: step time and achieved FLOP/s as a fraction of this machine's
   measured fp32 matmul peak.
-torchcfm's figures (the issue's measurements on this machine) are stored beside ours.
 """
 
 from __future__ import annotations
@@ -27,20 +34,14 @@ import platform
 import sys
 import time
 
-PEER = {  # torchcfm 1.0.7 on this CPU, from the issue: seconds
-    "icfm_20k_steps_s": {"1 thread": 14.9, "2 threads": 14.4},
-    "otcfm_exact_20k_steps_s": {"1 thread": 102.0, "2 threads": 94.6},
-    "sample_10k_100_euler_s": {"1 thread": 0.48, "2 threads": 0.25},
-    "w2_100_euler": {"icfm": 0.46, "otcfm": 0.22},
-}
-
-
 def parse():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=0, help="0 = XLA default (all cores); 1 = one core")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=20_000)
     p.add_argument("--quick", action="store_true", help="1 repeat, 2000 steps, 2000 samples")
+    p.add_argument("--no-peer", action="store_true", help="do not time torchcfm even where it is installed")
+    p.add_argument("--headline-only", action="store_true", help="only the rows against the peer")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     return p.parse_args()
 
@@ -54,7 +55,8 @@ if ARGS.threads == 1:
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
 import jax  # noqa: E402
-from common import write_result  # noqa: E402
+from common import matmul_peak, peer_row, write_result  # noqa: E402
+from peers import torchcfm_toy2d as peer_cfm  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
@@ -89,8 +91,9 @@ def tutorial_batch_fn(batch, coupling, seed=0):
     return fn if coupling == "independent" else C.coupled_batch_fn(fn, coupling, seed + 1)
 
 
-def train_bench(coupling, steps, repeats, chunk=500, hidden=(64, 64, 64), batch=256):
-    """Compile once, then time ``steps`` training steps (scan chunks of ``chunk``) ``repeats`` times."""
+def train_runner(coupling, steps, chunk=500, hidden=(64, 64, 64), batch=256):
+    """(compile seconds, ``run() -> (seconds, params)`` for ``steps`` steps from a fresh state,
+    apply_fn, XLA's FLOP count of one step): compiled once, warmed up once."""
     apply_fn, params = functional(MLP(2, hidden, rngs=nnx.Rngs(0)))
     loss_fn = flow_matching_loss(apply_fn, coupling="paired" if coupling != "independent" else "independent", sigma_min=0.1)
     opt = make_optimizer(1e-3)
@@ -104,17 +107,30 @@ def train_bench(coupling, steps, repeats, chunk=500, hidden=(64, 64, 64), batch=
     compile_s = time.perf_counter() - t0
 
     jax.block_until_ready(compiled(jax.tree.map(jnp.copy, state0)))  # warm-up (thread pools, caches)
-    times = []
-    for _ in range(repeats):
+    batch0 = tutorial_batch_fn(batch, "independent")(0)
+    flops = (jax.jit(step).lower(state0, batch0).compile().cost_analysis() or {}).get("flops")
+
+    def run():
         s = jax.tree.map(jnp.copy, state0)
         t0 = time.perf_counter()
         for _ in range(steps // chunk):
             s, _ = compiled(s)
         jax.block_until_ready(s)
-        times.append(time.perf_counter() - t0)
+        return time.perf_counter() - t0, s.params
+
+    return compile_s, run, apply_fn, flops
+
+
+def train_bench(coupling, steps, repeats, **kw):
+    """Compile once, then time ``steps`` training steps (scan chunks of 500) ``repeats`` times."""
+    compile_s, run, apply_fn, _ = train_runner(coupling, steps, **kw)
+    times = []
+    for _ in range(repeats):
+        t, params = run()
+        times.append(t)
     run_s = float(np.median(times))
     return {"compile_s": compile_s, "run_s": run_s, "runs_s": times, "steps": steps, "repeats": repeats,
-            "steps_per_sec": steps / run_s}, apply_fn, s.params
+            "steps_per_sec": steps / run_s}, apply_fn, params
 
 
 def w2_of(apply_fn, params, n, method="euler", steps=100):
@@ -137,14 +153,6 @@ def sampling_bench(apply_fn, params, n, repeats, method="euler", steps=100):
             "samples_per_sec": n / run_s}
 
 
-def matmul_peak(repeats=7, n=2048):
-    a = jax.random.normal(jax.random.key(0), (n, n))
-    f = jax.jit(lambda a: a @ a)
-    f(a).block_until_ready()
-    t, _ = median_time(lambda: f(a), repeats)
-    return 2 * n**3 / t
-
-
 def big_step_bench(repeats, chunk=20):
     apply_fn, params = functional(MLP(2, (256, 256, 256), rngs=nnx.Rngs(0)))
     loss_fn = flow_matching_loss(apply_fn, sigma_min=0.1)
@@ -165,24 +173,91 @@ def big_step_bench(repeats, chunk=20):
             "flops_per_step_xla": flops, "achieved_flops_per_s": flops / step_s if flops else None}
 
 
+def peer_rows(steps, n, repeats, threads, peak):
+    """``rows.icfm_train`` and ``rows.euler_sample``: ours and torchcfm interleaved. Also returns
+    our I-CFM row of the detailed table (its timed runs are the interleaved ones)."""
+    peer = peer_cfm.info() if peer_cfm.available() and not ARGS.no_peer else None
+    compile_s, run, apply_fn, flops = train_runner("independent", steps)
+    ours, theirs, peer_model = [], [], None
+    for _ in range(repeats):
+        t, params = run()
+        ours.append(t)
+        if peer:
+            t, peer_model = peer_cfm.train(steps, threads)
+            theirs.append(t)
+    rows = {"icfm_train": peer_row(ours, theirs or None, peer or "not measured", threads,
+                                   what=f"{steps} I-CFM steps of the tutorial setting (3x64 SELU MLP, batch 256)",
+                                   flops_per_step=flops)}
+    run_s = float(np.median(ours))
+    detail = {"compile_s": compile_s, "run_s": run_s, "runs_s": ours, "steps": steps, "repeats": repeats,
+              "steps_per_sec": steps / run_s}
+
+    pred = Predictor(lambda x, t: apply_fn(params, x, t), LinearPath(), "velocity")
+    x_T = get_dataset("8gaussians").sample(jax.random.key(31337), n)
+    f = jax.jit(lambda x: sample(None, pred, x, "euler", 100)[0]).lower(x_T).compile()
+    f(x_T).block_until_ready()
+    if peer:
+        peer_cfm.euler_sample(peer_model, n, 100, threads)  # warm-up
+
+    def ours_sample():
+        t0 = time.perf_counter()
+        f(x_T).block_until_ready()
+        return time.perf_counter() - t0
+
+    ours, theirs = [], []
+    for _ in range(max(repeats, 7)):
+        ours.append(ours_sample())
+        if peer:
+            theirs.append(peer_cfm.euler_sample(peer_model, n, 100, threads))
+    fwd = (jax.jit(lambda x: apply_fn(params, x, jnp.zeros(x.shape[0]))).lower(x_T).compile().cost_analysis() or {}).get("flops")
+    rows["euler_sample"] = peer_row(ours, theirs or None, peer or "not measured", threads,
+                                    what=f"{n} samples, 100 Euler steps of the trained I-CFM network",
+                                    flops_per_run=fwd * 100 if fwd else None)
+    if peer:  # the peer's model is trained as ours: its W2 says the two runs did the same job
+        import torch
+
+        torch.manual_seed(2)
+        from torchcfm.utils import sample_8gaussians
+
+        with torch.inference_mode():
+            x = sample_8gaussians(n)
+            for i in range(100):
+                x = x + 0.01 * peer_model(torch.cat([x, torch.full((n, 1), i * 0.01)], -1))
+        rows["icfm_train"]["peer_w2_100_euler"] = wasserstein2(x.numpy(), np.asarray(reference_set("moons", n)))
+    rows["icfm_train"]["ours_w2_100_euler"] = w2_of(apply_fn, params, n)[0]
+    for r, fl, per in ((rows["icfm_train"], flops, steps), (rows["euler_sample"], rows["euler_sample"]["flops_per_run"], 1)):
+        total = fl * per if fl else None
+        r["fraction_of_peak"] = {"ours": total / r["ours_s"] / peak if total else None,
+                                 "peer": total / r["peer_s"] / peak if total and r["peer_s"] else None}
+    return rows, (detail, apply_fn, params)
+
+
 def main():
     repeats, steps, n = ARGS.repeats, ARGS.steps, 10_000
     if ARGS.quick:
         repeats, steps, n = 1, 2000, 2000
     threads = ARGS.threads or os.cpu_count()
     res = {"threads": threads, "quick": ARGS.quick, "platform": platform.platform(), "python": sys.version.split()[0],
-           "jax": jax.__version__, "devices": [str(d) for d in jax.devices()], "peer_torchcfm": PEER}
+           "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
     print(f"benchmarking with {threads} thread(s), {repeats} repeats, {steps} steps")
 
     peak = matmul_peak()
     res["matmul_peak_flops_per_s"] = peak
     print(f"fp32 matmul peak (2048^2): {peak / 1e9:.0f} GFLOP/s")
 
+    res["rows"], icfm = peer_rows(steps, n, repeats, threads, peak)
+    for name, r in res["rows"].items():
+        ratio = f"{r['ratio']['median']:.2f}x (range {r['ratio']['min']:.2f}-{r['ratio']['max']:.2f})" if r["ratio"] else "peer not measured"
+        print(f"{name}: ours {r['ours_s']:.4g} s, torchcfm {r['peer_s'] if r['peer_s'] is None else round(r['peer_s'], 4)} s: {ratio}")
+    if ARGS.headline_only:
+        write_result(ARGS.out, "toy2d", threads, ARGS.quick, res)
+        return
+
     rows = {}
     # the entropic row is there for its W2 and as a pure-JAX alternative; one timed run is enough
     for name, coupling, reps in (("icfm", "independent", repeats), ("otcfm_exact", "exact_ot", repeats),
                                  ("otcfm_sinkhorn", "sinkhorn", 1)):
-        r, apply_fn, params = train_bench(coupling, steps, reps)
+        r, apply_fn, params = icfm if name == "icfm" else train_bench(coupling, steps, reps)
         r["w2_100_euler"], _ = w2_of(apply_fn, params, n)
         r["w2_1_step"], _ = w2_of(apply_fn, params, n, steps=1)
         rows[name] = r

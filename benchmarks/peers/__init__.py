@@ -1,0 +1,1 @@
+"""Drivers that time other projects (torchcfm, the official GDSS code) beside ours."""
