@@ -46,6 +46,11 @@ def parse():
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the rows against the peer")
     p.add_argument("--steps", type=int, default=1000, help="reverse steps of the sampling rows")
     p.add_argument("--headline-only", action="store_true", help="only the rows against the peer")
+    p.add_argument("--dataset", default="community_small", help="community_small, or a molecule set such as QM9 "
+                   "(molecule sets: the rows against the peer only)")
+    p.add_argument("--graphs", type=int, help="graphs per sampling run (default: 128, or 10,000 molecules as GDSS)")
+    p.add_argument("--data-dir", help="the shared data folder (molecule sets)")
+    p.add_argument("--device", default="cpu", help="where the official code runs: cpu or cuda (ours: JAX's default)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     return p.parse_args()
 
@@ -61,7 +66,8 @@ import numpy as np  # noqa: E402
 
 from diffalign.graphs import data as gdata  # noqa: E402
 from diffalign.graphs.configs import get_config  # noqa: E402
-from diffalign.graphs.gdss import build_model, make_batch_fn, make_step, sampler  # noqa: E402
+from diffalign.graphs.gdss import build_model, make_batch_fn, make_step, sample_flags, sampler  # noqa: E402
+from diffalign.sampling.graph import evaluations_per_step  # noqa: E402
 from diffalign.training import init_train_state, make_multi_step  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data")
@@ -83,7 +89,7 @@ def peer_info():
 def peer_run(task: str, data: str, threads: int, **kw) -> float:
     """One timed run of the official code in its own process (start-up and model building not timed)."""
     cmd = [ARGS.reference_python, DRIVER, "--reference", ARGS.reference, "--task", task, "--data", data,
-           "--threads", str(threads), "--repeats", "1"]
+           "--threads", str(threads), "--repeats", "1", "--dataset", ARGS.dataset, "--device", ARGS.device]
     for k, v in kw.items():
         cmd += [f"--{k}", str(v)]
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -92,7 +98,7 @@ def peer_run(task: str, data: str, threads: int, **kw) -> float:
     return json.loads(p.stdout.strip().splitlines()[-1])["runs_s"][0]
 
 
-def headline_rows(cfg, x, adj, flags, sample_flags_, threads, peak, repeats, steps, tmp):
+def headline_rows(cfg, x, adj, flags, sample_flags_, threads, peak, repeats, steps, tmp, batch_fn=None):
     """``rows.train`` and ``rows.pc_sampling``: ours as users run it (size buckets) and the official
     code on the same batch / node counts, interleaved."""
     peer = peer_info()
@@ -103,7 +109,7 @@ def headline_rows(cfg, x, adj, flags, sample_flags_, threads, peak, repeats, ste
     rows = {}
 
     model = build_model(cfg, 0)
-    bf = make_batch_fn(x, adj, cfg.batch_size, 1)
+    bf = make_batch_fn(x, adj, cfg.batch_size, 1) if batch_fn is None else batch_fn
     opt, step = make_step(model, flags)
     state = init_train_state(model.params, opt, jax.random.key(0))
     _, padded = make_step(model, flags, num_buckets=1)
@@ -121,11 +127,10 @@ def headline_rows(cfg, x, adj, flags, sample_flags_, threads, peak, repeats, ste
     peer_train = (lambda: peer_run("train", os.path.join(tmp, "train.npz"), threads, iterations=10)) if peer else None
     mine, theirs = interleaved(ours_train, peer_train or (lambda: float("nan")), repeats)
     rows["train"] = peer_row(mine, theirs if peer else None, peer or "not measured", threads,
-                             what=f"one training iteration on community_small's {len(x)} training graphs",
+                             what=f"one training iteration on {len(x)} training graphs of {cfg.name}",
                              flops_per_iteration_padded=flops)
 
-    f_s = sampler(model, model.params, solver="pc", predictor="euler", corrector="langevin", snr=0.05, scale_eps=0.7,
-                  num_scales=steps)
+    f_s = sampler(model, model.params, solver="pc", num_scales=steps)  # the data set's predictor and corrector
     compiled_s = f_s.lower(jax.random.key(0), sample_flags_).compile()
     jax.block_until_ready(compiled_s(jax.random.key(0), sample_flags_))
 
@@ -137,9 +142,11 @@ def headline_rows(cfg, x, adj, flags, sample_flags_, threads, peak, repeats, ste
     peer_sample = (lambda: peer_run("pc", os.path.join(tmp, "sample.npz"), threads, steps=steps)) if peer else None
     mine, theirs = interleaved(ours_sample, peer_sample or (lambda: float("nan")), repeats)
     per_eval = forward_flops(model, model.params, sample_flags_)
+    evals = evaluations_per_step("pc", cfg.corrector)
     rows["pc_sampling"] = peer_row(mine, theirs if peer else None, peer or "not measured", threads,
-                                   what=f"PC sampling (Euler + Langevin) of {len(sample_flags_)} graphs, {steps} steps",
-                                   flops_per_run_padded=per_eval * 4 * steps if per_eval else None)
+                                   what=f"PC sampling ({cfg.predictor} + {cfg.corrector}) of {len(sample_flags_)} graphs, "
+                                        f"{steps} steps, {cfg.name}",
+                                   flops_per_run_padded=per_eval * evals * steps if per_eval else None)
     for r, key in ((rows["train"], "flops_per_iteration_padded"), (rows["pc_sampling"], "flops_per_run_padded")):
         fl = r[key]
         r["fraction_of_peak"] = {"ours": fl / r["ours_s"] / peak if fl else None,
@@ -231,24 +238,38 @@ def random_graphs(n_nodes, graphs, seed=0):
 def main():
     quick = ARGS.quick
     threads = ARGS.threads or os.cpu_count()
-    res = {"threads": threads, "quick": quick, "platform": platform.platform(), "jax": jax.__version__}
-    cfg = get_config("community_small")
-    train_graphs, _ = gdata.load_generic("community_small", DATA)
-    x, adj, flags = gdata.to_dense(train_graphs, cfg.max_nodes, cfg.max_feat)
+    res = {"threads": threads, "quick": quick, "platform": platform.platform(), "jax": jax.__version__,
+           "devices": [str(d) for d in jax.devices()], "dataset": ARGS.dataset}
+    cfg = get_config(ARGS.dataset)
+    batch_fn = None
+    if cfg.kind == "generic":
+        train_graphs, _ = gdata.load_generic(ARGS.dataset, DATA if ARGS.dataset == "community_small" else ARGS.data_dir)
+        x, adj, flags = gdata.to_dense(train_graphs, cfg.max_nodes, cfg.max_feat)
+    else:  # a molecule set: one training batch as the loader draws it, the node flags of the training set
+        from diffalign.graphs.evaluation import load_data
+
+        data = load_data(ARGS.dataset, cfg, ARGS.data_dir)
+        batch_fn, flags = data.batch_fn(1), data.flags
+        b = batch_fn(0)
+        x, adj = np.asarray(b["x"]), np.asarray(b["adj"])
+    graphs = ARGS.graphs or (128 if cfg.kind == "generic" else 10_000)
     peak = matmul_peak()
     res["matmul_peak_flops_per_s"] = peak
     print(f"fp32 matmul peak (2048^2): {peak / 1e9:.0f} GFLOP/s")
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        rows = headline_rows(cfg, x, adj, flags, random_flags(20), threads, peak, 1 if quick else ARGS.repeats,
-                             50 if quick else ARGS.steps, tmp)
+        drawn = random_flags(20, graphs) if ARGS.dataset == "community_small" else sample_flags(jax.random.key(0), flags, graphs)
+        rows = headline_rows(cfg, x, adj, flags, drawn, threads, peak, 1 if quick else ARGS.repeats,
+                             50 if quick else ARGS.steps, tmp, batch_fn)
     res["rows"] = rows
     for name, r in rows.items():
         ratio = f"{r['ratio']['median']:.2f}x (range {r['ratio']['min']:.2f}-{r['ratio']['max']:.2f})" if r["ratio"] else "peer not measured"
         print(f"{name}: ours {r['ours_s']:.4g} s, official {r['peer_s'] if r['peer_s'] is None else round(r['peer_s'], 4)} s: {ratio}")
-    if ARGS.headline_only:
-        write_result(ARGS.out, "gdss", threads, quick, res)
+    name = "gdss" + ("" if ARGS.dataset == "community_small" else f"-{ARGS.dataset.lower()}") + \
+        ("-gpu" if jax.default_backend() == "gpu" else "")
+    if ARGS.headline_only or ARGS.dataset != "community_small" or jax.default_backend() == "gpu":
+        write_result(ARGS.out, name, threads, quick, res)
         return
     res["train_community_small"] = train_row(cfg, x, adj, flags, chunk=10 if quick else 50,
                                              repeats=1 if quick else 3)

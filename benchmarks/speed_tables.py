@@ -136,6 +136,12 @@ def main():
             continue
         out += table(name, files)
         out.append("")
+        for threads, res in files.items():
+            r = res.get("rows", {}).get("icfm_train") or {}
+            if r.get("peer_w2_100_euler") is not None:
+                out.append(f"- {threads} thread(s): the timed models' W2 (10k samples, 100 Euler steps): ours "
+                           f"{r['ours_w2_100_euler']:.3f}, torchcfm {r['peer_w2_100_euler']:.3f} (each its final iterate).")
+        out.append("")
         out += (toy2d_detail if name == "toy2d" else gdss_detail)(files)
         out.append("")
         for threads, res in files.items():

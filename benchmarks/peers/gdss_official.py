@@ -35,6 +35,7 @@ def main():
     p.add_argument("--iterations", type=int, default=10, help="training iterations per timed run")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=1000, help="reverse steps of a sampling run")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
 
     ref = os.path.abspath(args.reference)
@@ -45,8 +46,17 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    with open(os.path.join(ref, "config", f"{args.dataset}.yaml")) as f:
+    with open(os.path.join(ref, "config", f"{args.dataset.lower()}.yaml")) as f:
         cfg = yaml.safe_load(f)
+    sample_cfg = os.path.join(ref, "config", f"sample_{args.dataset.lower()}.yaml")
+    if os.path.exists(sample_cfg):  # the molecule sets keep their sampler settings apart, as sampler.py reads them
+        with open(sample_cfg) as f:
+            cfg.update({k: v for k, v in yaml.safe_load(f).items() if k in ("sampler", "sample")})
+    dev = torch.device(args.device)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     from losses import get_sde_loss_fn
     from models.ScoreNetwork_A import ScoreNetworkA
@@ -70,8 +80,9 @@ def main():
                               num_layers=m["num_layers"], num_linears=m["num_linears"], c_init=m["c_init"],
                               c_hid=m["c_hid"], c_final=m["c_final"], adim=m["adim"], num_heads=m["num_heads"],
                               conv=m["conv"])
+    model_x, model_adj = model_x.to(dev), model_adj.to(dev)
     batch = np.load(args.data)
-    x, adj, flags = (torch.tensor(batch[k], dtype=torch.float32) for k in ("x", "adj", "flags"))
+    x, adj, flags = (torch.tensor(batch[k], dtype=torch.float32, device=dev) for k in ("x", "adj", "flags"))
     runs = []
     if args.task == "train":
         opt_x = torch.optim.Adam(model_x.parameters(), lr=tr["lr"], weight_decay=tr["weight_decay"])
@@ -101,9 +112,11 @@ def main():
         for _ in range(args.warmup):
             iteration()
         for _ in range(args.repeats):
+            sync()
             t0 = time.perf_counter()
             for _ in range(args.iterations):
                 iteration()
+            sync()
             runs.append((time.perf_counter() - t0) / args.iterations)
     else:
         s = cfg["sampler"]
@@ -114,15 +127,17 @@ def main():
         kw = dict(shape_x=(b, n, d["max_feat_num"]), shape_adj=(b, n, n), predictor=s["predictor"],
                   corrector=s["corrector"], snr=s["snr"], scale_eps=s["scale_eps"], n_steps=s["n_steps"],
                   probability_flow=cfg["sample"]["probability_flow"], continuous=True,
-                  denoise=cfg["sample"]["noise_removal"], eps=cfg["sample"]["eps"], device="cpu")
+                  denoise=cfg["sample"]["noise_removal"], eps=cfg["sample"]["eps"], device=args.device)
         model_x.eval()
         model_adj.eval()
         warm = make(sde_of({**cfg["sde"]["x"], "num_scales": 5}), sde_of({**cfg["sde"]["adj"], "num_scales": 5}), **kw)
         warm(model_x, model_adj, flags)
         run = make(sde_x, sde_adj, **kw)
         for _ in range(args.repeats):
+            sync()
             t0 = time.perf_counter()
             run(model_x, model_adj, flags)
+            sync()
             runs.append(time.perf_counter() - t0)
     print(json.dumps({"task": args.task, "runs_s": runs, "torch": torch.__version__,
                       "threads": torch.get_num_threads()}))
