@@ -208,21 +208,13 @@ def peer_rows(steps, n, repeats, threads, peak):
     for _ in range(max(repeats, 7)):
         ours.append(ours_sample())
         if peer:
-            theirs.append(peer_cfm.euler_sample(peer_model, n, 100, threads))
+            theirs.append(peer_cfm.euler_sample(peer_model, n, 100, threads)[0])
     fwd = (jax.jit(lambda x: apply_fn(params, x, jnp.zeros(x.shape[0]))).lower(x_T).compile().cost_analysis() or {}).get("flops")
     rows["euler_sample"] = peer_row(ours, theirs or None, peer or "not measured", threads,
                                     what=f"{n} samples, 100 Euler steps of the trained I-CFM network",
                                     flops_per_run=fwd * 100 if fwd else None)
     if peer:  # the peer's model is trained as ours: its W2 says the two runs did the same job
-        import torch
-
-        torch.manual_seed(2)
-        from torchcfm.utils import sample_8gaussians
-
-        with torch.inference_mode():
-            x = sample_8gaussians(n)
-            for i in range(100):
-                x = x + 0.01 * peer_model(torch.cat([x, torch.full((n, 1), i * 0.01)], -1))
+        x = peer_cfm.euler_sample(peer_model, n, 100, threads, seed=2)[1]
         rows["icfm_train"]["peer_w2_100_euler"] = wasserstein2(x.numpy(), np.asarray(reference_set("moons", n)))
     rows["icfm_train"]["ours_w2_100_euler"] = w2_of(apply_fn, params, n)[0]
     for r, fl, per in ((rows["icfm_train"], flops, steps), (rows["euler_sample"], rows["euler_sample"]["flops_per_run"], 1)):

@@ -124,7 +124,7 @@ def _split(cls, defaults, changes: dict) -> dict:
     for f in dataclasses.fields(cls):
         current = getattr(defaults, f.name) if defaults is not None else _default(f)
         if _is_config(current) and f.name not in rest:
-            names = _flat_names(type(current))
+            names = set(as_dict(current))
             nested = {k: rest.pop(k) for k in list(rest) if k in names}
             if nested:
                 kwargs[f.name] = replace(current, **nested)
@@ -133,14 +133,6 @@ def _split(cls, defaults, changes: dict) -> dict:
     if rest:
         raise TypeError(f"{cls.__name__} has no setting {', '.join(sorted(rest))}")
     return kwargs
-
-
-def _flat_names(cls) -> set:
-    names = set()
-    for f in dataclasses.fields(cls):
-        d = _default(f)
-        names |= _flat_names(type(d)) if _is_config(d) else {f.name}
-    return names
 
 
 def build(cls, **settings):

@@ -60,8 +60,8 @@ def train(steps: int, threads: int, batch: int = 256, seed: int = 0):
     return time.perf_counter() - t0, model
 
 
-def euler_sample(model, n: int, steps: int, threads: int, seed: int = 1) -> float:
-    """Seconds for ``steps`` Euler steps of ``model`` from ``n`` 8-gaussian points."""
+def euler_sample(model, n: int, steps: int, threads: int, seed: int = 1):
+    """(seconds for ``steps`` Euler steps of ``model`` from ``n`` 8-gaussian points, the samples)."""
     import torch
     from torchcfm.utils import sample_8gaussians
 
@@ -74,4 +74,4 @@ def euler_sample(model, n: int, steps: int, threads: int, seed: int = 1) -> floa
         for i in range(steps):
             t = torch.full((n, 1), i * dt)
             x = x + dt * model(torch.cat([x, t], dim=-1))
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, x

@@ -73,14 +73,16 @@ class DigitSamples(Evaluator):
 
     def __init__(self, classifier: DigitClassifier, real):
         self.classifier, self.real = classifier, np.asarray(real)
+        # the reference's features, computed once for every score
         self._real_logits = np.asarray(classifier.logits(jnp.asarray(self.real)))
+        self._real_pca = classifier.pca(self.real)
 
     def score(self, samples) -> dict:
         x = np.asarray(samples)
         logits = np.asarray(self.classifier.logits(jnp.asarray(x)))
         return {
             "frechet_logits": frechet_distance(logits, self._real_logits),
-            "frechet_pca16": frechet_distance(self.classifier.pca(x), self.classifier.pca(self.real)),
+            "frechet_pca16": frechet_distance(self.classifier.pca(x), self._real_pca),
             "class_histogram": np.bincount(logits.argmax(-1), minlength=10).tolist(),
         }
 
@@ -96,18 +98,21 @@ class DigitClass(Evaluator):
     def __init__(self, classifier: DigitClassifier, real_levels, c: int):
         self.classifier, self.c = classifier, c
         self.real = np.asarray(2.0 * (np.asarray(real_levels) + 0.5) / 17.0 - 1.0, np.float32)
+        # the reference's features, computed once for every score
+        self._real_logits = np.asarray(classifier.logits(jnp.asarray(self.real)))
+        self._real_pca = classifier.pca(self.real)
+        self._real_spread = _mean_pairwise(self.real)
 
     def score(self, samples) -> dict:
-        clf, c, real = self.classifier, self.c, self.real
+        clf, c = self.classifier, self.c
         pred = np.asarray(jnp.argmax(clf.logits(jnp.asarray(samples)), -1))
         mine = np.asarray(samples)[pred == c]
         out = {"class_fraction": float(np.mean(pred == c)), "class_count": int(len(mine))}
         if len(mine) >= 10:
-            out["frechet_logits"] = frechet_distance(np.asarray(clf.logits(jnp.asarray(mine))),
-                                                     np.asarray(clf.logits(jnp.asarray(real))))
-            out["frechet_pca16"] = frechet_distance(clf.pca(mine), clf.pca(real))
-            out["diversity_ratio"] = _mean_pairwise(mine) / _mean_pairwise(real)
-            out["energy_distance"] = energy_distance(mine, real)
+            out["frechet_logits"] = frechet_distance(np.asarray(clf.logits(jnp.asarray(mine))), self._real_logits)
+            out["frechet_pca16"] = frechet_distance(clf.pca(mine), self._real_pca)
+            out["diversity_ratio"] = _mean_pairwise(mine) / self._real_spread
+            out["energy_distance"] = energy_distance(mine, self.real)
         return out
 
 
