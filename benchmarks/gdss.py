@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -46,6 +45,8 @@ def parse():
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the rows against the peer")
     p.add_argument("--steps", type=int, default=1000, help="reverse steps of the sampling rows")
     p.add_argument("--headline-only", action="store_true", help="only the rows against the peer")
+    p.add_argument("--growth-only", action="store_true",
+                   help="only the growth rows (--sizes), with the peer's where given: gdss-growth-<N>thread(s).json")
     p.add_argument("--dataset", default="community_small", help="community_small, or a molecule set such as QM9 "
                    "(molecule sets: the rows against the peer only)")
     p.add_argument("--graphs", type=int, help="graphs per sampling run (default: 128, or 10,000 molecules as GDSS)")
@@ -61,6 +62,7 @@ if ARGS.threads == 1 and hasattr(os, "sched_getaffinity") and len(os.sched_getaf
 
 import jax  # noqa: E402
 from common import interleaved, matmul_peak, peer_row, time_train_chunks, write_result  # noqa: E402
+from peers import gdss_official  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -71,31 +73,16 @@ from diffalign.sampling.graph import evaluations_per_step  # noqa: E402
 from diffalign.training import init_train_state, make_multi_step  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data")
-DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers", "gdss_official.py")
 
 
 def peer_info():
-    if not ARGS.reference:
-        return None
-    version = ARGS.reference_version
-    if version is None:
-        git = subprocess.run(["git", "-C", ARGS.reference, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        version = git.stdout.strip() or "unknown commit"
-    torch = subprocess.run([ARGS.reference_python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
-                           text=True).stdout.strip()
-    return {"name": "GDSS official code (harryjo97/GDSS)", "version": version, "torch": torch}
+    return gdss_official.info(ARGS.reference, ARGS.reference_python, ARGS.reference_version) if ARGS.reference else None
 
 
 def peer_run(task: str, data: str, threads: int, **kw) -> float:
     """One timed run of the official code in its own process (start-up and model building not timed)."""
-    cmd = [ARGS.reference_python, DRIVER, "--reference", ARGS.reference, "--task", task, "--data", data,
-           "--threads", str(threads), "--repeats", "1", "--dataset", ARGS.dataset, "--device", ARGS.device]
-    for k, v in kw.items():
-        cmd += [f"--{k}", str(v)]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode:
-        raise SystemExit(f"the official code failed ({' '.join(cmd)}):\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])["runs_s"][0]
+    return gdss_official.timed_run(ARGS.reference, ARGS.reference_python, task, data, threads,
+                                   dataset=ARGS.dataset, device=ARGS.device, **kw)
 
 
 def headline_rows(cfg, x, adj, flags, sample_flags_, threads, peak, repeats, steps, tmp, batch_fn=None):
@@ -235,11 +222,51 @@ def random_graphs(n_nodes, graphs, seed=0):
     return gdata.EdgeLists(np.asarray(nums), tuple(edges), 0)
 
 
+def growth_rows(threads, quick):
+    """Training step and sampling time for N = ``--sizes`` (random community-like graphs), ours
+    (padded and bucketed) and, with ``--reference``, the official code on the same graphs and node
+    counts (one run each after a warm-up: training over 3 iterations, sampling 20 PC steps)."""
+    import tempfile
+
+    rows, peer, base = [], peer_info(), get_config("community_small")
+    steps = 5 if quick else 20
+    for n in ARGS.sizes:
+        c = base.__class__(**{**base.__dict__, "max_nodes": n, "max_feat": max(10, n)})
+        g = random_graphs(n, 80, seed=n)
+        gx, ga, gf = gdata.to_dense(g, n, c.max_feat)
+        flags = random_flags(n)
+        row = {"nodes": n, "train": train_row(c, gx, ga, gf, chunk=2, repeats=1 if quick else 3)}
+        for solver in ("pc", "s4"):
+            row[solver] = sample_row(c, flags, solver, steps)
+        line = (f"N={n}: train {row['train']['padded']['step_s'] * 1e3:.1f} ms/step padded, "
+                f"{row['train']['bucketed']['step_s'] * 1e3:.1f} bucketed; sample 128 graphs "
+                f"pc {row['pc']['s_per_1000_steps']:.1f} s / s4 {row['s4']['s_per_1000_steps']:.1f} s per 1000 steps")
+        if peer:
+            with tempfile.TemporaryDirectory() as tmp:
+                train_npz, sample_npz = os.path.join(tmp, "train.npz"), os.path.join(tmp, "sample.npz")
+                np.savez(train_npz, x=gx, adj=ga, flags=gf)
+                b = flags.shape[0]
+                np.savez(sample_npz, x=np.zeros((b, n, c.max_feat), np.float32), adj=np.zeros((b, n, n), np.float32),
+                         flags=np.asarray(flags))
+                size = dict(max_nodes=n, max_feat=c.max_feat)
+                train_s = peer_run("train", train_npz, threads, iterations=3, warmup=1, **size)
+                pc_s = peer_run("pc", sample_npz, threads, steps=steps, **size)
+            row["peer"] = {**peer, "train_step_s": train_s, "pc_s_per_1000_steps": pc_s * 1000 / steps,
+                           "pc_steps_timed": steps}
+            row["ratio"] = {"train": train_s / row["train"]["bucketed"]["step_s"],
+                            "pc": pc_s * 1000 / steps / row["pc"]["s_per_1000_steps"]}
+            line += (f"; official: train {train_s * 1e3:.1f} ms ({row['ratio']['train']:.2f}x), "
+                     f"pc {row['peer']['pc_s_per_1000_steps']:.1f} s per 1000 ({row['ratio']['pc']:.2f}x)")
+        rows.append(row)
+        print(line, flush=True)
+    return rows
+
+
 def main():
     quick = ARGS.quick
     threads = ARGS.threads or os.cpu_count()
     res = {"threads": threads, "quick": quick, "platform": platform.platform(), "jax": jax.__version__,
-           "devices": [str(d) for d in jax.devices()], "dataset": ARGS.dataset}
+           "devices": [str(d) for d in jax.devices()], "dataset": ARGS.dataset, "command": "python " + " ".join(sys.argv)}
     cfg = get_config(ARGS.dataset)
     batch_fn = None
     if cfg.kind == "generic":
@@ -256,6 +283,10 @@ def main():
     peak = matmul_peak()
     res["matmul_peak_flops_per_s"] = peak
     print(f"fp32 matmul peak (2048^2): {peak / 1e9:.0f} GFLOP/s")
+    if ARGS.growth_only:
+        res["growth"] = growth_rows(threads, quick)
+        write_result(ARGS.out, "gdss-growth", threads, quick, res)
+        return
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -284,19 +315,7 @@ def main():
         res["sample_community_small"].append(s)
         print(f"sample 128 graphs {solver}{'' if buckets > 1 else ' padded'}: {s['s_per_1000_steps']:.1f} s per "
               f"1000 steps (compile {s['compile_s']:.1f} s), {(s['equivalent_flops_per_s'] or 0) / 1e9:.0f} GFLOP/s")
-    res["growth"] = []
-    for n in ARGS.sizes:
-        c = get_config("community_small").__class__(**{**get_config("community_small").__dict__, "max_nodes": n,
-                                                        "max_feat": max(10, n)})
-        g = random_graphs(n, 80, seed=n)
-        gx, ga, gf = gdata.to_dense(g, n, c.max_feat)
-        row = {"nodes": n, "train": train_row(c, gx, ga, gf, chunk=2, repeats=1 if quick else 3)}
-        for solver in ("pc", "s4"):
-            row[solver] = sample_row(c, random_flags(n), solver, 5 if quick else 20)
-        res["growth"].append(row)
-        print(f"N={n}: train {row['train']['padded']['step_s'] * 1e3:.1f} ms/step padded, "
-              f"{row['train']['bucketed']['step_s'] * 1e3:.1f} bucketed; sample 128 graphs "
-              f"pc {row['pc']['s_per_1000_steps']:.1f} s / s4 {row['s4']['s_per_1000_steps']:.1f} s per 1000 steps")
+    res["growth"] = growth_rows(threads, quick)
     write_result(ARGS.out, "gdss", threads, quick, res)
 
 

@@ -111,6 +111,68 @@ def gdss_detail(files: dict) -> list[str]:
     return lines
 
 
+def _load(name: str) -> dict:
+    """{threads: result} of ``<name>-1thread.json`` / ``<name>-2threads.json`` where they exist."""
+    files = {}
+    for threads, suffix in ((1, "1thread"), (2, "2threads")):
+        path = os.path.join(RESULTS, f"{name}-{suffix}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                files[threads] = json.load(f)
+    return files
+
+
+def growth(files: dict) -> list[str]:
+    """Training step and sampling time against N, ours and the official code's, per thread count."""
+    lines = []
+    for threads, res in files.items():
+        lines += [f"{threads} thread(s), `{res.get('command') or 'python benchmarks/gdss.py --growth-only'}`; fp32 matmul peak "
+                  f"{res['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s:", "",
+                  "| N | training step, ours bucketed (padded) | official | ratio | PC, s per 1000 steps of 128 graphs, ours | "
+                  "official | ratio | S4, ours |", "|---|---|---|---|---|---|---|---|"]
+        for r in res["growth"]:
+            t, p, q = r["train"], r.get("peer"), r.get("ratio") or {}
+            cells = [str(r["nodes"]), f"{_time(t['bucketed']['step_s'])} ({_time(t['padded']['step_s'])})",
+                     _time(p["train_step_s"]) if p else "not measured", f"{q['train']:.1f}x" if p else "-",
+                     f"{r['pc']['s_per_1000_steps']:.1f} s", f"{p['pc_s_per_1000_steps']:.1f} s" if p else "not measured",
+                     f"{q['pc']:.1f}x" if p else "-", f"{r['s4']['s_per_1000_steps']:.1f} s"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def time_to_quality(files: dict) -> list[str]:
+    """Sampler x steps: MMD and seconds for 128 graphs, against the official 1000-step PC run."""
+    lines = []
+    for threads, res in files.items():
+        off = res.get("official_pc_1000")
+        lines += [f"{threads} thread(s): `{res['command']}`; {res['graphs']} graphs per seed, sampling seeds {res['seeds']}, "
+                  f"MMD of the first {res['test_graphs']} against the {res['test_graphs']} test graphs (GDSS's protocol); "
+                  f"official PC, 1000 steps: " + (f"**{off['seconds']:.1f} s** ({_peer(off)})" if off else "not measured")
+                  + ".", "",
+                  "| sampler | NFE per graph | seconds, 128 graphs | average MMD | degree | clustering | orbit | "
+                  "MMD / PC 1000 | speed-up over the official PC 1000 | over our PC 1000 | within both bars | "
+                  "average MMD, all 128 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in res["rows"]:
+            m = r["mmd"]
+            sp = r.get("speedup_over_official_pc_1000")
+            name = f"**{r['name']}**" if r["name"] == res.get("fastest_within_bars") else r["name"]
+            lines.append(f"| {name} | {r['nfe_per_graph']} | {_time(r['seconds'])} | {m['average']:.4f} | "
+                         f"{m['degree']:.4f} +- {m['degree_std']:.4f} | {m['clustering']:.4f} +- {m['clustering_std']:.4f} | "
+                         f"{m['orbit']:.4f} +- {m['orbit_std']:.4f} | {r['mmd_over_pc_1000']:.3f}x | "
+                         f"{'-' if sp is None else f'{sp:.1f}x'} | {r['speedup_over_our_pc_1000']:.1f}x | "
+                         f"{'yes' if r.get('meets') else 'no'} | "
+                         f"{r['mmd_all_generated']['average']:.4f} |")
+        bars = res["bars"]
+        own = [r for r in res["rows"] if r.get("meets") and r.get("kind") != "student"]
+        own = min(own, key=lambda r: r["seconds"])["name"] if own else "none"
+        lines += ["", f"Fastest configuration within {bars['quality']}x of PC 1000's average MMD and at least "
+                      f"{bars['speed']:.0f}x faster than the official PC 1000 run: **{res['fastest_within_bars'] or 'none'}**; "
+                      f"without distillation (the trained model's own samplers): **{own}**.", ""]
+    return lines
+
+
 def main():
     out = ["# Speed against the peers, measured in one run",
            "",
@@ -122,12 +184,7 @@ def main():
            "program; the peer does the same arithmetic) by its time and by the fp32 matmul rate measured at the",
            "start of the same run.", ""]
     for name in ("toy2d", "gdss"):
-        files = {}
-        for threads, suffix in ((1, "1thread"), (2, "2threads")):
-            path = os.path.join(RESULTS, f"{name}-{suffix}.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    files[threads] = json.load(f)
+        files = _load(name)
         out.append(f"## {'2-D flow matching against torchcfm' if name == 'toy2d' else 'GDSS against the official code'}"
                    f" (`benchmarks/{name}.py`)")
         out.append("")
@@ -150,6 +207,13 @@ def main():
                        f"{' (quick)' if res.get('quick') else ''}; fp32 matmul peak that run "
                        f"{'not measured' if peak is None else f'{peak / 1e9:.0f} GFLOP/s'}; jax {res.get('jax')}.")
         out.append("")
+    out += ["## GDSS: time to quality, community_small (`benchmarks/gdss_time_to_quality.py`)", ""]
+    out += time_to_quality(_load("gdss-time-to-quality")) or ["No benchmark JSON yet.", ""]
+    out += ["## GDSS: growth with N (`benchmarks/gdss.py --growth-only`)", "",
+            "Random community-like graphs of 0.6 N to N nodes padded to N; training on 80 graphs (ours: median of",
+            "3 chunks of 2 steps; the official code: 3 iterations after one), sampling 20 PC steps of 128 graphs",
+            "scaled to 1000 (the official code: one run after a 5-step warm-up).", ""]
+    out += growth(_load("gdss-growth")) or ["No benchmark JSON yet.", ""]
     with open(OUT, "w") as f:
         f.write("\n".join(out))
     print(f"wrote {OUT}")

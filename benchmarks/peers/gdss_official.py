@@ -20,8 +20,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
+
+
+def info(reference: str, python: str, version: str | None = None) -> dict:
+    """The peer's name, commit (``git rev-parse`` of the checkout unless given) and torch version."""
+    if version is None:
+        git = subprocess.run(["git", "-C", reference, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        version = git.stdout.strip() or "unknown commit"
+    torch = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
+                           text=True).stdout.strip()
+    return {"name": "GDSS official code (harryjo97/GDSS)", "version": version, "torch": torch}
+
+
+def timed_run(reference: str, python: str, task: str, data: str, threads: int, **kw) -> float:
+    """Seconds of one timed run of ``task`` in a fresh process of ``python`` running this driver
+    (start-up, imports and model building not timed); ``kw`` are further flags (``steps=20``)."""
+    cmd = [python, os.path.abspath(__file__), "--reference", reference, "--task", task, "--data", data,
+           "--threads", str(threads), "--repeats", "1"]
+    for k, v in kw.items():
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"the official code failed ({' '.join(cmd)}):\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])["runs_s"][0]
 
 
 def main():
@@ -36,6 +60,8 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=1000, help="reverse steps of a sampling run")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--max-nodes", type=int, help="override the config's max_node_num (growth with N)")
+    p.add_argument("--max-feat", type=int, help="override the config's max_feat_num (growth with N)")
     args = p.parse_args()
 
     ref = os.path.abspath(args.reference)
@@ -66,6 +92,10 @@ def main():
     from utils.ema import ExponentialMovingAverage
 
     d, m, tr = cfg["data"], cfg["model"], cfg["train"]
+    if args.max_nodes:
+        d["max_node_num"] = args.max_nodes
+    if args.max_feat:
+        d["max_feat_num"] = args.max_feat
     if m["x"] != "ScoreNetworkX":
         raise SystemExit(f"this driver builds ScoreNetworkX; {args.dataset} uses {m['x']}")
 
