@@ -167,3 +167,34 @@ def test_distill_digits_smoke_reports_frechet_distances(tmp_path):
     for k in ("teacher", "teacher_1step", "teacher_few_step_best", "student"):
         assert np.isfinite(m[k]["frechet_logits"]) and np.isfinite(m[k]["frechet_pca16"]), k
     assert np.load(os.path.join(out, "samples.npz"))["student"].shape == (1000, 64)
+
+
+def test_the_compile_cache_is_on_by_default_off_on_request_and_never_overrides_jax(monkeypatch, tmp_path):
+    from diffalign.cli import use_compile_cache
+
+    class Config:
+        jax_compilation_cache_dir = None
+
+        def __init__(self):
+            self.set = {}
+
+        def update(self, name, value):
+            self.set[name] = value
+
+    class FakeJax:
+        def __init__(self):
+            self.config = Config()
+
+    monkeypatch.setenv("DIFFALIGN_COMPILE_CACHE", str(tmp_path / "c"))
+    j = FakeJax()
+    assert use_compile_cache(j) == str(tmp_path / "c") and j.config.set["jax_compilation_cache_dir"] == str(tmp_path / "c")
+    monkeypatch.setenv("DIFFALIGN_COMPILE_CACHE", "off")
+    j = FakeJax()
+    assert use_compile_cache(j) is None and j.config.set == {}
+    monkeypatch.delenv("DIFFALIGN_COMPILE_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    j = FakeJax()
+    assert use_compile_cache(j) == os.path.join(str(tmp_path), ".cache", "diffalign", "jax")
+    j = FakeJax()
+    j.config.jax_compilation_cache_dir = "/users/own"
+    assert use_compile_cache(j) == "/users/own" and j.config.set == {}

@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from .activations import elu, selu
 from .embeddings import sinusoidal_embedding
 
-ACTIVATIONS = {"selu": nnx.selu, "silu": nnx.silu, "gelu": nnx.gelu, "relu": nnx.relu, "elu": nnx.elu, "tanh": nnx.tanh}
+ACTIVATIONS = {"selu": selu, "silu": nnx.silu, "gelu": nnx.gelu, "relu": nnx.relu, "elu": elu, "tanh": nnx.tanh}
 
 
 def _activation(name: str):
