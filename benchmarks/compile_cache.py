@@ -26,7 +26,8 @@ def run(cache: str, out: str) -> dict:
     cmd = [sys.executable, "-m", "diffalign.cli", "graphs", "train", "--dataset", "community_small", "--epochs", "100",
            "--sample-seeds", "0", "--num-scales", "20", "--out", out]
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, env={**os.environ, "DIFFALIGN_COMPILE_CACHE": cache}, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}  # a user's cache would win
+    p = subprocess.run(cmd, env={**env, "DIFFALIGN_COMPILE_CACHE": cache}, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if p.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")

@@ -17,7 +17,9 @@ Writes benchmarks/results/gdss-<N>thread(s).json. Rows:
 * sampling 128 graphs with 1000 reverse steps, PC (Euler + Langevin: 4 network evaluations a
   step) and S4 (2 a step), compile time apart;
 * the same two for N = 20, 40, 80, 160 (random community-like graphs of 0.6 N to N nodes), to
-  show the growth: training medians over chunks of 2 steps, sampling over 20 steps, per 1000.
+  show the growth: training medians over chunks of 2 steps, sampling over 20 steps, per 1000
+  (with ``--reference``, the official code at each N too: at N = 160 its sampling run alone
+  takes minutes; ``--sizes`` with no value skips the growth rows, ``--growth-only`` runs only them).
 Training and sampling run in size buckets (the networks skip padding nodes; same numbers), and
 the headline rows also without (padded). FLOP/s is XLA's count of the padded program (for
 sampling: one evaluation of both networks, times evaluations per step, times steps) over the
@@ -249,8 +251,11 @@ def growth_rows(threads, quick):
                 np.savez(sample_npz, x=np.zeros((b, n, c.max_feat), np.float32), adj=np.zeros((b, n, n), np.float32),
                          flags=np.asarray(flags))
                 size = dict(max_nodes=n, max_feat=c.max_feat)
-                train_s = peer_run("train", train_npz, threads, iterations=3, warmup=1, **size)
-                pc_s = peer_run("pc", sample_npz, threads, steps=steps, **size)
+                run = dict(dataset="community_small", **size)  # the growth rows' config, whatever --dataset says
+                train_s = gdss_official.timed_run(ARGS.reference, ARGS.reference_python, "train", train_npz, threads,
+                                                  iterations=3, warmup=1, device=ARGS.device, **run)
+                pc_s = gdss_official.timed_run(ARGS.reference, ARGS.reference_python, "pc", sample_npz, threads,
+                                               steps=steps, device=ARGS.device, **run)
             row["peer"] = {**peer, "train_step_s": train_s, "pc_s_per_1000_steps": pc_s * 1000 / steps,
                            "pc_steps_timed": steps}
             row["ratio"] = {"train": train_s / row["train"]["bucketed"]["step_s"],

@@ -1,10 +1,10 @@
 """Time to quality for GDSS on community_small: sampler x steps against MMD and seconds.
 
-    diffalign graphs train --dataset community_small --seed 1 --out runs/cs_seed1
-    diffalign distill-graphs --gdss-run runs/cs_seed1 --student-steps 1 --out runs/cs_student1
-    diffalign distill-graphs --gdss-run runs/cs_seed1 --student-steps 4 --out runs/cs_student4
-    python benchmarks/gdss_time_to_quality.py --gdss-run runs/cs_seed1 \\
-        --students runs/cs_student1 runs/cs_student4 --reference GDSS
+    diffalign graphs train --dataset community_small --seed 1 --sample-seeds 0 --out runs/ttq/gdss-cs-seed1
+    diffalign distill-graphs --gdss-run runs/ttq/gdss-cs-seed1 --student-steps 1 --teacher-scales 4 --out runs/ttq/student1
+    diffalign distill-graphs --gdss-run runs/ttq/gdss-cs-seed1 --student-steps 4 --teacher-scales 4 --out runs/ttq/student4
+    python benchmarks/gdss_time_to_quality.py --gdss-run runs/ttq/gdss-cs-seed1 \\
+        --students runs/ttq/student1 runs/ttq/student4 --reference GDSS
 
 Every row generates 128 graphs per sampling seed (one round of GDSS's sampling batch, node counts
 drawn from the training graphs exactly as ``graphs train`` / ``graphs sample`` draw them) and

@@ -1,7 +1,7 @@
 """Where the time goes: per-operation times of a compiled program, from ``jax.profiler``'s trace.
 
-    taskset -c 0 python benchmarks/profile_ops.py --target gdss-train   # one core
-    taskset -c 0 python benchmarks/profile_ops.py --target euler
+    taskset -c 0 python benchmarks/profile_ops.py --threads 1 --target gdss-train   # one core
+    taskset -c 0 python benchmarks/profile_ops.py --threads 1 --target euler
 
 Targets: ``gdss-train`` (one GDSS training iteration on community_small's 80 training graphs, as
 ``benchmarks/gdss.py`` times it: chunks of steps, size buckets), ``gdss-pc`` (PC sampling of 128
@@ -171,7 +171,7 @@ def hlo_lines(compiled) -> dict:
 
 
 def main():
-    threads = ARGS.threads or os.cpu_count()
+    threads = ARGS.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     once, compiled, units, what = {"gdss-train": gdss_train, "gdss-pc": gdss_pc, "euler": euler, "icfm": icfm}[ARGS.target]()
     once()
     walls = []
@@ -181,8 +181,10 @@ def main():
         walls.append(time.perf_counter() - t0)
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp, create_perfetto_trace=True):
+            t0 = time.perf_counter()
             for _ in range(ARGS.repeats):
                 once()
+            traced_wall = (time.perf_counter() - t0) / ARGS.repeats
         paths = glob.glob(os.path.join(tmp, "**", "*perfetto_trace.json.gz"), recursive=True)
         if not paths:
             raise SystemExit("jax.profiler wrote no Perfetto trace")
@@ -209,7 +211,7 @@ def main():
     wall = float(np.median(walls))
     res = {"target": ARGS.target, "threads": threads, "jax": jax.__version__, "matmul_peak_flops_per_s": matmul_peak(),
            "units_per_run": units, "unit": what, "wall_s_per_run": wall, "wall_runs_s": walls,
-           "traced_ops_s_per_run": total,
+           "traced_ops_s_per_run": total, "traced_wall_s_per_run": traced_wall,
            "note": "traced op times are inclusive: a while loop's or call's event contains its body's ops; shares are of "
                    "the top-level sum of leaf classes (control-flow events excluded below)",
            "classes_s_per_run": dict(classes), "top_ops": [
@@ -223,6 +225,10 @@ def main():
                        "share_of_time_in_ops_under_20us_per_event": sum(
                            t for n, t in leaf_ops.items() if t / (count[n] / ARGS.repeats) < 20e-6) / leaf_total}
     res["leaf_share"] = {k: v / leaf_total for k, v in leaf.items()} if leaf_total else {}
+    res["tracing_overhead"] = traced_wall / wall
+    if leaf_total > 1.2 * wall:
+        print(f"warning: the traced ops sum to {leaf_total / wall:.1f}x the untraced run: the profiler's own cost per "
+              "event dominates these shares (many ops of a few us); read them with care")
     print(f"{ARGS.target}: {wall * 1e3:.2f} ms per run ({units} {what}); traced leaf ops {leaf_total * 1e3:.2f} ms "
           f"in {events:.0f} events ({res['leaf_ops']['mean_event_us']:.1f} us each on average, "
           f"{res['leaf_ops']['share_of_time_in_ops_under_20us_per_event']:.0%} of the time in ops under 20 us)")

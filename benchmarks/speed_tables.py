@@ -2,10 +2,11 @@
 
     python benchmarks/speed_tables.py
 
-Reads ``benchmarks/results/{toy2d,gdss}-{1thread,2threads}.json`` (written by
-``benchmarks/toy2d.py`` and ``benchmarks/gdss.py``, where ours and the peer are timed in the same
+Reads ``benchmarks/results/{toy2d,gdss,gdss-time-to-quality,gdss-growth}-{1thread,2threads}.json``
+(written by ``benchmarks/toy2d.py``, ``benchmarks/gdss.py`` and
+``benchmarks/gdss_time_to_quality.py``; in the first two ours and the peer are timed in the same
 run, interleaved) and prints nothing of its own: every number in the tables is a field of those
-files. A row whose peer was not measured says so.
+files or a ratio of two. A row whose peer was not measured says so.
 """
 
 from __future__ import annotations
@@ -150,18 +151,19 @@ def time_to_quality(files: dict) -> list[str]:
                   f"MMD of the first {res['test_graphs']} against the {res['test_graphs']} test graphs (GDSS's protocol); "
                   f"official PC, 1000 steps: " + (f"**{off['seconds']:.1f} s** ({_peer(off)})" if off else "not measured")
                   + ".", "",
-                  "| sampler | NFE per graph | seconds, 128 graphs | average MMD | degree | clustering | orbit | "
+                  f"| sampler | NFE per graph | seconds, {res['graphs']} graphs | average MMD | degree | clustering | orbit | "
                   "MMD / PC 1000 | speed-up over the official PC 1000 | over our PC 1000 | within both bars | "
-                  "average MMD, all 128 |",
+                  f"average MMD, all {res['graphs']} |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["rows"]:
             m = r["mmd"]
             sp = r.get("speedup_over_official_pc_1000")
             name = f"**{r['name']}**" if r["name"] == res.get("fastest_within_bars") else r["name"]
+            over, ours = r.get("mmd_over_pc_1000"), r.get("speedup_over_our_pc_1000")
             lines.append(f"| {name} | {r['nfe_per_graph']} | {_time(r['seconds'])} | {m['average']:.4f} | "
                          f"{m['degree']:.4f} +- {m['degree_std']:.4f} | {m['clustering']:.4f} +- {m['clustering_std']:.4f} | "
-                         f"{m['orbit']:.4f} +- {m['orbit_std']:.4f} | {r['mmd_over_pc_1000']:.3f}x | "
-                         f"{'-' if sp is None else f'{sp:.1f}x'} | {r['speedup_over_our_pc_1000']:.1f}x | "
+                         f"{m['orbit']:.4f} +- {m['orbit_std']:.4f} | {'-' if over is None else f'{over:.3f}x'} | "
+                         f"{'-' if sp is None else f'{sp:.1f}x'} | {'-' if ours is None else f'{ours:.1f}x'} | "
                          f"{'yes' if r.get('meets') else 'no'} | "
                          f"{r['mmd_all_generated']['average']:.4f} |")
         bars = res["bars"]
