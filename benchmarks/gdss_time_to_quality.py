@@ -60,10 +60,10 @@ from peers import gdss_official  # noqa: E402
 from diffalign.checkpoint import Checkpointer  # noqa: E402
 from diffalign.graphs.configs import get_config  # noqa: E402
 from diffalign.graphs.distill import GraphDistiller  # noqa: E402
-from diffalign.graphs.evaluation import load_data, trained_config  # noqa: E402
-from diffalign.graphs.gdss import build_model, make_step, quantize_generic, sample_flags, sampler  # noqa: E402
+from diffalign.graphs.evaluation import load_trained, trained_config  # noqa: E402
+from diffalign.graphs.gdss import quantize_generic, sample_flags, sampler  # noqa: E402
 from diffalign.sampling.graph import evaluations_per_step  # noqa: E402
-from diffalign.training import init_train_state, make_optimizer  # noqa: E402
+from diffalign.training import make_optimizer  # noqa: E402
 
 def draws(data, seed: int, n: int):
     """(generation key, node flags) of seed ``seed``'s first sampling round, as ``graphs sample``."""
@@ -110,15 +110,9 @@ def student(run: str, model, teacher, data):
 def main():
     threads = ARGS.threads or os.cpu_count()
     tc = trained_config(ARGS.gdss_run)
-    gcfg = get_config(tc["dataset"])
-    if gcfg.kind != "generic":
+    if get_config(tc["dataset"]).kind != "generic":
         raise SystemExit(f"time to quality is scored by MMD: {tc['dataset']} is a molecule set")
-    data = load_data(tc["dataset"], gcfg, tc.get("data_dir") or None)
-    model = build_model(gcfg, 0)
-    opt, _ = make_step(model, data.flags)
-    with Checkpointer(os.path.join(ARGS.gdss_run, "checkpoints")) as ck:
-        tstate, _ = ck.restore(init_train_state(model.params, opt, jax.random.key(0)))
-    teacher = tstate.ema_params if gcfg.use_ema else tstate.params
+    tc, gcfg, data, model, teacher = load_trained(ARGS.gdss_run)
     res = {"threads": threads, "jax": jax.__version__, "dataset": tc["dataset"], "gdss_run": os.path.abspath(ARGS.gdss_run),
            "training_seed": tc.get("seed"), "graphs": ARGS.graphs, "seeds": ARGS.seeds, "test_graphs": len(data.test),
            "command": "python " + " ".join(sys.argv), "rows": []}

@@ -16,15 +16,14 @@ import time
 import jax
 import numpy as np
 
-from diffalign.checkpoint import Checkpointer
 from diffalign.graphs.configs import get_config
 from diffalign.graphs.distill import GraphDistiller
-from diffalign.graphs.gdss import build_model, make_step, quantize_generic, sample_flags, sampler
+from diffalign.graphs.gdss import quantize_generic, sample_flags, sampler
 from diffalign.graphs.metrics import graph_mmds
 from diffalign.sampling.graph import evaluations_per_step
-from diffalign.training import init_train_state, make_optimizer, train
+from diffalign.training import make_optimizer, train
 
-from diffalign.graphs.evaluation import load_data, trained_config
+from diffalign.graphs.evaluation import load_trained, trained_config
 from diffalign.config import LoopConfig, as_dict, field, replace
 from diffalign.results import begin, write_results
 
@@ -85,15 +84,9 @@ def _sample_scored(gen, data, seeds, n, batch):
 def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     cfg, out, timer = begin(cfg, out, smoke)
     tc = trained_config(cfg.gdss_run)
-    gcfg = get_config(tc["dataset"])
-    if gcfg.kind != "generic":
+    if get_config(tc["dataset"]).kind != "generic":
         raise ValueError(f"distill-graphs handles generic graph sets (MMD evaluation); {tc['dataset']} is a molecule set")
-    data = load_data(tc["dataset"], gcfg, tc.get("data_dir") or None)
-    model = build_model(gcfg, 0)
-    opt, _ = make_step(model, data.flags)
-    with Checkpointer(os.path.join(cfg.gdss_run, "checkpoints")) as ck:
-        tstate, _ = ck.restore(init_train_state(model.params, opt, jax.random.key(0)))
-    teacher = tstate.ema_params if gcfg.use_ema else tstate.params
+    tc, gcfg, data, model, teacher = load_trained(cfg.gdss_run)
     n = data.default_samples
     metrics: dict = {"dataset": tc["dataset"], "num_samples": n}
 

@@ -21,7 +21,7 @@ import numpy as np
 from ..checkpoint import Checkpointer
 from ..metrics import Evaluator
 from . import data as gdata
-from .gdss import make_batch_fn, make_molecule_batch_fn, quantize_generic, sample_flags, sampler
+from .gdss import build_model, make_batch_fn, make_molecule_batch_fn, make_step, quantize_generic, sample_flags, sampler
 from .metrics import graph_mmds
 
 
@@ -184,6 +184,22 @@ def sample_and_score(model, params, data, seeds, n, out, overrides, timer, score
                                               np.concatenate(fls)[:n], out, f"seed{s}", s == seeds[0], score)
         print(f"sampling seed {s}: " + (" ".join(f"{k} {v:.4f}" for k, v in per_seed[s].items()) or "saved, not scored"))
     return per_seed
+
+
+def load_trained(run: str):
+    """A `graphs train` run's (config, GDSS config, data, model, sampling parameters): the EMA or
+    raw parameters as its data set's config says, restored from the run's latest checkpoint."""
+    from ..training import init_train_state
+    from .configs import get_config
+
+    tc = trained_config(run)
+    gcfg = get_config(tc["dataset"])
+    data = load_data(tc["dataset"], gcfg, tc.get("data_dir") or None)
+    model = build_model(gcfg, 0)  # shapes only: the parameters come from the checkpoint
+    opt, _ = make_step(model, data.flags)
+    with Checkpointer(os.path.join(run, "checkpoints")) as ck:
+        state, _ = ck.restore(init_train_state(model.params, opt, jax.random.key(0)))
+    return tc, gcfg, data, model, state.ema_params if gcfg.use_ema else state.params
 
 
 def trained_config(run: str) -> dict:
