@@ -51,14 +51,15 @@ def main():
               "samples": args.samples, "rollout_steps": 14, "repeats": repeats, "jax": jax.__version__, "methods": {}}
     for method in ("awm", "ddpo"):
         stochastic = method == "ddpo"
-        rollout = rl.flow_rollout(args.samples, (2,), steps=14, stochastic=stochastic)
+        rollout = rl.flow_rollout(args.samples, (2,), steps=14, sampler="sde" if stochastic else "euler")
+        prepare = rl.rollout_stage(apply_fn, rollout, reward, metrics_fn=reward.metrics)
         if stochastic:
-            loss_fn, tr = rl.ddpo_loss(apply_fn, rollout, reward, metrics_fn=reward.metrics), align.awm(weighting="uniform")
+            loss_fn, tr = rl.flow_grpo_rows(apply_fn), align.awm(weighting="uniform")
         else:
-            loss_fn, tr = rl.awm_loss(apply_fn, rollout, reward, metrics_fn=reward.metrics), align.awm(beta=1e-3, beta_ema=1.0)
+            loss_fn, tr = rl.matching_rows(apply_fn), align.awm(beta=1e-3, beta_ema=1.0)
         opt = make_optimizer(1e-3, clip_norm=1.0)
         state = init_train_state(params, opt, key, tr, ema=False, aux=rl.awm_aux(params))
-        step = make_train_step(loss_fn, opt, tr, aux_update=rl.ema_anchor_update)
+        step = make_train_step(loss_fn, opt, tr, prepare=prepare, aux_update=rl.ema_anchor_update)
         phases = {}
         c, m, _ = timed(lambda p, k: rollout(apply_fn, p, {}, k), params, key, repeats=repeats)
         phases["rollout"] = {"compile_s": c, "median_s": m}

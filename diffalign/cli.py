@@ -20,6 +20,8 @@ EXPERIMENTS = {
     "digits": ("diffalign.experiments.digits", "class-conditional diffusion on scikit-learn's 8x8 digits, with guidance and bits/dim"),
     "align": ("diffalign.experiments.align", "reward alignment of a pretrained flow model: AWM, DDPO / Flow-GRPO, preference objectives"),
     "align-sweep": ("diffalign.experiments.align_sweep", "AWM vs the DDPO baseline on the ring: learning rates x seeds, and the beta sweep"),
+    "align-bench": ("diffalign.experiments.align_bench", "every alignment method under one protocol: AWM, Flow-GRPO, "
+                    "DiffusionNFT, online DPO / KTO, RWR"),
     "distill": ("diffalign.experiments.distill", "distil a flow teacher into a 1- or few-step generator: DMD, DMD2, Phased DMD, TDM"),
     "distill-sweep": ("diffalign.experiments.distill_sweep", "every distillation method on the 2-D toys, over seeds"),
     "distill-graphs": ("diffalign.experiments.distill_graphs", "DMD2 on GDSS: a trained graph model becomes a few-step graph generator"),

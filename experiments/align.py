@@ -175,23 +175,26 @@ def pretrain(task: Task, cfg: Config, workdir: str | None):
 
 
 def objective(cfg: Config, apply_fn, task: Task):
-    """(loss_fn, transform) of one method on the task's rollouts."""
+    """(prepare, loss_fn, transform) of one method on the task's rollouts: the rollout stage and
+    the rows the method trains on."""
     stochastic = cfg.method == "ddpo"
-    rollout = rl.flow_rollout(cfg.samples_per_epoch, task.shape, steps=cfg.rollout_steps, stochastic=stochastic)
-    if stochastic:
-        return rl.ddpo_loss(apply_fn, rollout, task.reward, metrics_fn=task.metrics_fn), align.awm(weighting="uniform")
-    loss_fn = rl.awm_loss(apply_fn, rollout, task.reward, num_times=cfg.num_times, metrics_fn=task.metrics_fn)
+    rollout = rl.flow_rollout(cfg.samples_per_epoch, task.shape, steps=cfg.rollout_steps,
+                              sampler="sde" if stochastic else "euler")
+    prepare = rl.rollout_stage(apply_fn, rollout, task.reward, metrics_fn=task.metrics_fn)
+    if stochastic:  # the DDPO baseline: every transition but the deterministic last, on-policy
+        return prepare, rl.flow_grpo_rows(apply_fn), align.awm(weighting="uniform")
+    loss_fn = rl.matching_rows(apply_fn, num_times=cfg.num_times)
     if cfg.method == "awm":
-        return loss_fn, align.awm(weighting=cfg.weighting, beta=cfg.beta, beta_ema=cfg.beta_ema)
+        return prepare, loss_fn, align.awm(weighting=cfg.weighting, beta=cfg.beta, beta_ema=cfg.beta_ema)
     if cfg.method == "rwr":
-        return loss_fn, align.rwr(cfg.rwr_temperature)
+        return prepare, loss_fn, align.rwr(cfg.rwr_temperature)
 
     # kto / bco: a sample is desirable when its reward beats its group's mean
     def labelled(params, batch, key, aux):
         out = loss_fn(params, batch, key, aux)
         return {**out, "label": (align.advantages(out) > 0).astype(jnp.float32)}
 
-    return labelled, (align.kto if cfg.method == "kto" else align.bco)(cfg.pref_beta)
+    return prepare, labelled, (align.kto if cfg.method == "kto" else align.bco)(cfg.pref_beta)
 
 
 def first_epoch_at(curve, target):
@@ -221,11 +224,11 @@ def align_run(cfg: Config, task: Task, apply_fn, ref_params, workdir: str | None
         merge = apply_fn.merged
     else:
         init = ref_params
-    loss_fn, transform = objective(cfg, apply_fn, task)
+    prepare, loss_fn, transform = objective(cfg, apply_fn, task)
     opt = make_optimizer(cfg.lr, clip_norm=cfg.clip_norm)
     aux = rl.awm_aux(init)  # under LoRA the reference is the adapters' initial value: the base model
     state = init_train_state(init, opt, jax.random.key(cfg.loop.seed), transform, ema=False, aux=aux)
-    step = make_train_step(loss_fn, opt, transform, aux_update=rl.ema_anchor_update)
+    step = make_train_step(loss_fn, opt, transform, prepare=prepare, aux_update=rl.ema_anchor_update)
     rows: list[dict] = []
     try:
         result = train(

@@ -191,17 +191,17 @@ def test_awm_with_unit_advantages_is_the_pretraining_gradient_on_a_cosine_path()
     apply_fn, params = functional(MLP(2, (32, 32), rngs=nnx.Rngs(0)))
     data = jax.random.normal(jax.random.key(5), (8, 2))
     path, k = CosinePath(), 3
-    loss = rl.awm_loss(apply_fn, lambda f, p, b, key: {"x": data, "y": None, "group": jnp.zeros(8, jnp.int32)},
-                       lambda x, y: jnp.zeros(x.shape[0]), num_times=k, path=path)
+    loss = rl.matching_rows(apply_fn, num_times=k, path=path)
+    batch = {"x": data, "y": None, "group": jnp.zeros(8, jnp.int32), "reward": jnp.zeros(8), "advantage": jnp.ones(8)}
     key = jax.random.key(9)
     # the rows AWM draws: K stratified times shared by the batch, fresh noise per row
-    _, k_t, k_eps, _ = jax.random.split(key, 4)
+    k_t, k_eps = jax.random.split(key)
     rows = {"x": jnp.repeat(data, k, axis=0), "t": jnp.tile(stratified_times(k_t, k), 8)}
     rows["x_source"] = jax.random.normal(k_eps, rows["x"].shape)
     pretrain = flow_matching_loss(apply_fn, path=path)
 
     def awm_objective(p):
-        out = {**loss(p, {}, key), "advantage": jnp.ones(8 * k)}
+        out = loss(p, batch, key)
         return awm(weighting="uniform").apply(out, (), 0)[0]
 
     def pretrain_objective(p):

@@ -140,8 +140,11 @@ def test_transforms_compose():
     w = np.exp(np.array([1.0, 0.0, 2.0, 0.5]) / 0.5)
     np.testing.assert_allclose(loss, 2.0 * dpo_value + 0.5 * np.sum(w / w.sum() * L), rtol=1e-5)
     assert state == ((), ()) and "0/preference_accuracy" in m and "1/loss" in m
+    # a mask leaves out the pairs whose chosen row it zeroes (an online group of tied rewards)
+    masked = align.dpo(beta).apply(_out(mask=jnp.array([1.0, 0.0, 1.0, 0.0])), (), 0)[0]
+    np.testing.assert_allclose(masked, -np.log(_sig(beta / 2 * (G[0] - G[2]))), rtol=1e-5)
     with pytest.raises(ValueError, match="padded"):
-        align.dpo(beta).apply(_out(mask=jnp.ones(4)), (), 0)
+        align.bco(beta).apply(_out(mask=jnp.ones(4), label=jnp.ones(4)), (), 0)
     # reward transforms in front of AWM: the Lagrangian rewrites rewards before advantages
     lag = align.lagrangian(threshold=0.0, init_multiplier=1.0)
     tr = losses.with_rewards(lag, then=align.awm(weighting="uniform"))

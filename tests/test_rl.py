@@ -1,4 +1,4 @@
-"""Rollouts and the AWM / DDPO training steps (issue 4): the per-step log-probability against the
+"""Rollouts and the AWM / Flow-GRPO training steps (issues 4, 19): the per-step log-probability against the
 Gaussian density, the SDE's marginals against the closed form, the zero-advantage control and
 exact resumption of an alignment run."""
 
@@ -42,7 +42,7 @@ def test_flow_grpo_sde_keeps_the_marginals_of_gaussian_data():
         return x * (t - (1 - t) * s2) / ((1 - t) ** 2 * s2 + t**2)
 
     x1 = jax.random.normal(jax.random.key(1), (20000, 2))
-    x0, traj = rl.sample_flow(jax.random.key(2), velocity, None, x1, 200, stochastic=True)
+    x0, traj, _ = rl.sample_flow(jax.random.key(2), velocity, None, x1, 200, sampler="sde")
     ts = np.asarray(rl.rollout_grid(200))
     for i in (50, 100, 150):
         var = (1 - ts[i]) ** 2 * s2 + ts[i] ** 2
@@ -56,14 +56,15 @@ def _setup(reward_fn, method="awm", transform=None, lr=1e-2):
     """A small policy, its rollouts and train step; ``transform`` is AWM's (DDPO always trains
     with ``awm(weighting="uniform")``)."""
     apply_fn, params = functional(MLP(2, (32, 32), activation="silu", time_features=8, rngs=nnx.Rngs(0)))
-    rollout = rl.flow_rollout(16, (2,), steps=6, stochastic=method == "ddpo")
+    rollout = rl.flow_rollout(16, (2,), steps=6, sampler="sde" if method == "ddpo" else "euler")
+    prepare = rl.rollout_stage(apply_fn, rollout, reward_fn)
     if method == "ddpo":
-        loss_fn, tr = rl.ddpo_loss(apply_fn, rollout, reward_fn), align.awm(weighting="uniform")
+        loss_fn, tr = rl.flow_grpo_rows(apply_fn), align.awm(weighting="uniform")
     else:
-        loss_fn, tr = rl.awm_loss(apply_fn, rollout, reward_fn, num_times=3), transform or align.awm()
+        loss_fn, tr = rl.matching_rows(apply_fn, num_times=3), transform or align.awm()
     opt = make_optimizer(lr, clip_norm=1.0)
     state = init_train_state(params, opt, jax.random.key(3), tr, ema=False, aux=rl.awm_aux(params))
-    return state, make_train_step(loss_fn, opt, tr, aux_update=rl.ema_anchor_update)
+    return state, make_train_step(loss_fn, opt, tr, prepare=prepare, aux_update=rl.ema_anchor_update)
 
 
 def test_zero_advantages_leave_parameters_unchanged():
@@ -83,14 +84,15 @@ def test_zero_advantages_leave_parameters_unchanged():
 
 def test_awm_rows_share_times_and_carry_reference_gaps():
     apply_fn, params = functional(MLP(2, (16,), rngs=nnx.Rngs(0)))
-    loss_fn = rl.awm_loss(apply_fn, rl.flow_rollout(4, (2,), steps=3), lambda x, y: x[:, 0], num_times=6)
-    out = loss_fn(params, {}, jax.random.key(0), rl.awm_aux(params))
+    prepare = rl.rollout_stage(apply_fn, rl.flow_rollout(4, (2,), steps=3), lambda x, y: x[:, 0])
+    batch = prepare(params, {}, jax.random.key(1), rl.awm_aux(params))
+    out = rl.matching_rows(apply_fn, num_times=6)(params, batch, jax.random.key(0), rl.awm_aux(params))
     t = np.asarray(out["t"]).reshape(4, 6)
     np.testing.assert_array_equal(t, np.broadcast_to(t[0], t.shape))  # times shared by the batch
     assert np.all(np.diff(t[0]) > 0) and np.all(np.floor((t[0] - 0.02) / (0.96 / 6)) == np.arange(6))  # stratified
     np.testing.assert_array_equal(out["reward"].reshape(4, 6), np.repeat(out["reward"].reshape(4, 6)[:, :1], 6, 1))
     np.testing.assert_allclose(out["drift_ref"], 0.0, atol=1e-12)  # the policy starts at the reference
-    assert float(out["metrics"]["drift"]) == 0.0
+    assert float(batch["metrics"]["drift"]) == 0.0
 
 
 def test_alignment_run_resumes_bit_identically(tmp_path):
@@ -98,7 +100,8 @@ def test_alignment_run_resumes_bit_identically(tmp_path):
     def make():
         tr = losses.with_rewards(align.lagrangian(threshold=0.0, rate=0.1), then=align.awm(beta=1e-3, beta_ema=1.0))
         apply_fn, params = functional(MLP(2, (32, 32), activation="silu", time_features=8, rngs=nnx.Rngs(0)))
-        base = rl.awm_loss(apply_fn, rl.flow_rollout(16, (2,), steps=4), lambda x, y: x[:, 0], num_times=2)
+        prepare = rl.rollout_stage(apply_fn, rl.flow_rollout(16, (2,), steps=4), lambda x, y: x[:, 0])
+        base = rl.matching_rows(apply_fn, num_times=2)
 
         def loss_fn(params, batch, key, aux):
             out = base(params, batch, key, aux)
@@ -106,7 +109,7 @@ def test_alignment_run_resumes_bit_identically(tmp_path):
 
         opt = make_optimizer(1e-2, clip_norm=1.0)
         state = init_train_state(params, opt, jax.random.key(3), tr, ema=False, aux=rl.awm_aux(params))
-        return state, make_train_step(loss_fn, opt, tr, aux_update=rl.ema_anchor_update)
+        return state, make_train_step(loss_fn, opt, tr, prepare=prepare, aux_update=rl.ema_anchor_update)
 
     kw = dict(steps_per_call=1, log_every=1, checkpoint_every=2, progress=False)
     state, step = make()
@@ -134,33 +137,35 @@ def test_lora_adapters_start_at_the_base_model_and_train_alone():
     n_ad = sum(p.size for p in jax.tree.leaves(ad))
     assert len(ad) == 3 and n_ad < n_base  # every weight matrix (2 hidden + output), not the biases
     # one AWM epoch on the adapters: the reference (aux) is the base model; B moves, outputs change
-    loss_fn = rl.awm_loss(adapted, rl.flow_rollout(16, (2,), steps=4), lambda x, y: x[:, 0], num_times=2)
+    prepare = rl.rollout_stage(adapted, rl.flow_rollout(16, (2,), steps=4), lambda x, y: x[:, 0])
+    loss_fn = rl.matching_rows(adapted, num_times=2)
     tr = align.awm(beta=1e-3, beta_ema=1.0)
     opt = make_optimizer(1e-2, clip_norm=1.0)
     state = init_train_state(ad, opt, jax.random.key(3), tr, ema=False, aux=rl.awm_aux(ad))
-    new, m = jax.jit(make_train_step(loss_fn, opt, tr, aux_update=rl.ema_anchor_update))(state, {})
+    step = make_train_step(loss_fn, opt, tr, prepare=prepare, aux_update=rl.ema_anchor_update)
+    new, m = jax.jit(step)(state, {})
     assert float(m["grad_norm"]) > 0
     assert not np.array_equal(adapted(new.params, x, t), apply_fn(params, x, t))
     np.testing.assert_array_equal(adapted(new.aux["ref"], x, t), apply_fn(params, x, t))
 
 
-def test_ddpo_rows_pair_each_transition_with_its_own_sample():
-    # rows are transition-major (row j * B + i is sample i's j-th step): its reward and its state
+def test_flow_grpo_rows_pair_each_transition_with_its_own_sample():
+    # rows are sample-major (row i * n + j is sample i's j-th step): its reward, its state, and the
+    # log-probability the rollout stored for that transition (the ratio is 1 at the rollout policy)
     apply_fn, params = functional(MLP(2, (16,), rngs=nnx.Rngs(0)))
-    rollout = rl.flow_rollout(5, (2,), steps=4, stochastic=True)
-    loss_fn = rl.ddpo_loss(apply_fn, rollout, lambda x, y: x[:, 0] + 10.0 * x[:, 1])
-    key = jax.random.key(4)
-    out = loss_fn(params, {}, key)
-    roll = rollout(apply_fn, params, {}, jax.random.split(key)[0])
-    r = np.asarray(roll["x"][:, 0] + 10.0 * roll["x"][:, 1])
-    np.testing.assert_allclose(np.asarray(out["reward"]).reshape(3, 5), np.tile(r, (3, 1)), rtol=1e-6)
+    rollout = rl.flow_rollout(5, (2,), steps=4, sampler="sde")
+    batch = rl.rollout_stage(apply_fn, rollout, lambda x, y: x[:, 0] + 10.0 * x[:, 1])(params, {}, jax.random.key(4))
+    out = rl.flow_grpo_rows(apply_fn)(params, batch, jax.random.key(5))
+    r = np.asarray(batch["x"][:, 0] + 10.0 * batch["x"][:, 1])
+    np.testing.assert_allclose(np.asarray(out["reward"]).reshape(5, 3), np.tile(r[:, None], (1, 3)), rtol=1e-6)
+    np.testing.assert_allclose(out["per_example"], -out["logp_old"], rtol=1e-4, atol=1e-5)
     # the per-row loss is the Gaussian NLL of that sample's transition, recomputed by hand for step 1
     ts = np.asarray(rl.rollout_grid(4))
-    traj = np.asarray(roll["trajectory"])
-    v = apply_fn(params, jnp.asarray(traj[1]), jnp.full(5, ts[1]))
-    mean, std = flow_sde_step_moments(v, jnp.asarray(traj[1]), jnp.full(5, ts[1]), jnp.full(5, ts[2]), ts[1])
-    expect = -rl.gaussian_log_prob(jnp.asarray(traj[2]), mean, std)
-    np.testing.assert_allclose(np.asarray(out["per_example"]).reshape(3, 5)[1], expect, rtol=1e-5)
+    traj = np.asarray(batch["trajectory"])
+    v = apply_fn(params, jnp.asarray(traj[:, 1]), jnp.full(5, ts[1]))
+    mean, std = flow_sde_step_moments(v, jnp.asarray(traj[:, 1]), jnp.full(5, ts[1]), jnp.full(5, ts[2]), ts[1])
+    expect = -rl.gaussian_log_prob(jnp.asarray(traj[:, 2]), mean, std)
+    np.testing.assert_allclose(np.asarray(out["per_example"]).reshape(5, 3)[:, 1], expect, rtol=1e-5)
 
 
 def test_ema_anchor_moves_toward_the_policy_by_its_decay():

@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..losses.transforms import LossTransform, masked_mean, per_example_of
+from ..losses.transforms import LossTransform, masked_mean, penalties, per_example_of, regularised
 
 WEIGHTINGS = ("ghuber", "uniform")
 
@@ -53,7 +53,8 @@ def log_likelihood_surrogate(loss, t, weighting: str = "ghuber", p: float = 0.25
     return -(t / p) * ((loss + delta) ** p - delta**p)
 
 
-def awm(*, weighting: str = "ghuber", clip_eps: float = 1.0, beta: float = 0.0, beta_ema: float = 0.0) -> LossTransform:
+def awm(*, weighting: str = "ghuber", clip_eps: float = 1.0, beta: float = 0.0, beta_ema: float = 0.0,
+        advantage_scale: float = 1.0) -> LossTransform:
     """The AWM objective as a loss transform.
 
     Reads from the loss function's output: ``per_example`` (the matching loss l of each
@@ -68,30 +69,32 @@ def awm(*, weighting: str = "ghuber", clip_eps: float = 1.0, beta: float = 0.0, 
         raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
     if clip_eps <= 0:
         raise ValueError(f"clip_eps must be positive, got {clip_eps}")
+    regularisers = penalties(drift_ref=beta, drift_ema=beta_ema)
 
     def apply(out, state, step):
-        del step
         loss = per_example_of(out)
         if weighting == "ghuber" and "t" not in out:
             raise KeyError("the awm transform with ghuber weighting reads the rows' times out['t'], which is missing")
-        adv = jax.lax.stop_gradient(advantages(out)).astype(loss.dtype)
+        adv = advantage_scale * jax.lax.stop_gradient(advantages(out)).astype(loss.dtype)
         logp = log_likelihood_surrogate(loss, jax.lax.stop_gradient(out.get("t", 0.0)), weighting)
         old = jax.lax.stop_gradient(out["logp_old"] if "logp_old" in out else logp)
         ratio = jnp.exp(logp - old)
         policy = jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps))
         total = masked_mean(policy, out)
         clipped = (jnp.abs(ratio - 1.0) > clip_eps).astype(loss.dtype)
-        metrics = {"policy_loss": total, "ratio_clipped": masked_mean(clipped, out)}
-        for name, coef in (("drift_ref", beta), ("drift_ema", beta_ema)):
-            if coef:
-                if name not in out:
-                    raise KeyError(f"awm with a non-zero weight on {name} reads out[{name!r}], which is missing")
-                term = masked_mean(out[name], out)
-                total = total + coef * term
-                metrics[name] = term
-        return total, state, metrics
+        penalty, _, terms = regularisers.apply(out, (), step)
+        metrics = {"policy_loss": total, "ratio_clipped": masked_mean(clipped, out), **terms}
+        return total + penalty, state, metrics
 
     return LossTransform(lambda: (), apply)
+
+
+def flow_grpo(*, clip_eps: float = 1e-4, beta: float = 0.04) -> LossTransform:
+    """Flow-GRPO as released (``yifan123/flow_grpo``): the PPO-clipped policy gradient on the
+    per-step log-probabilities of ``rl.flow_grpo_rows`` (read as -per_example against the stored
+    ``logp_old``), advantages clip(A, -5, 5), clip range 1e-4, plus ``beta`` times the code's
+    KL to the reference (``kl_ref``). It is AWM's clipped objective with the uniform surrogate."""
+    return regularised(awm(weighting="uniform", clip_eps=clip_eps, advantage_scale=5.0), kl_ref=beta)
 
 
 def advantages(out: dict) -> jax.Array:

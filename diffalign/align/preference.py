@@ -26,7 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..losses.transforms import LossTransform, per_example_of, combine
+from ..losses.transforms import LossTransform, combine, masked_mean, per_example_of
 
 
 def _need(out, *keys):
@@ -38,7 +38,6 @@ def _need(out, *keys):
 def implicit_reward(out) -> jax.Array:
     """g = l_ref - l_theta per example (gradient through l_theta only)."""
     _need(out, "ref_loss")
-    _no_mask(out)
     loss = per_example_of(out)
     ref = jax.lax.stop_gradient(out["ref_loss"]).astype(loss.dtype)
     if ref.shape != loss.shape:
@@ -56,14 +55,17 @@ def _halves(x):
 def _dpo_loss(out, beta):
     g_w, g_l = _halves(implicit_reward(out))
     margin = 0.5 * beta * (g_w - g_l)
-    return jnp.mean(-jax.nn.log_sigmoid(margin)), {
-        "preference_accuracy": jnp.mean((margin > 0).astype(jnp.float32)),
-        "implicit_margin": jnp.mean(jax.lax.stop_gradient(margin)),
+    pairs = {"mask": _halves(out["mask"])[0]} if "mask" in out else {}  # a pair counts when its chosen row does
+    return masked_mean(-jax.nn.log_sigmoid(margin), pairs), {
+        "preference_accuracy": masked_mean((margin > 0).astype(jnp.float32), pairs),
+        "implicit_margin": masked_mean(jax.lax.stop_gradient(margin), pairs),
     }
 
 
 def dpo(beta: float = 5000.0) -> LossTransform:
-    """Diffusion-DPO (Wallace et al., CVPR 2024): mean over pairs of -log sigmoid(beta/2 (g_w - g_l))."""
+    """Diffusion-DPO (Wallace et al., CVPR 2024): mean over pairs of -log sigmoid(beta/2 (g_w - g_l)).
+    With ``out["mask"]``, pairs whose chosen row has mask 0 are left out (tied groups of an
+    online rollout, ``rl.matching_rows(pair_group_size=...)``)."""
     _positive(beta=beta)
     return LossTransform(lambda: (), lambda out, state, step: _ret(_dpo_loss(out, beta), state))
 
@@ -85,17 +87,18 @@ def _labels(out, loss):
 def kto(beta: float = 1000.0, *, lambda_desirable: float = 1.0, lambda_undesirable: float = 1.0) -> LossTransform:
     """Diffusion-KTO (Li et al., NeurIPS 2024): mean of w_y (1 - sigmoid(s_y beta (g - z))),
     s_y = +1 for desirable and -1 for undesirable samples, w_y = lambda_D or lambda_U, and the
-    reference point z = stopgrad(max(0, mean g)) over the batch."""
+    reference point z = stopgrad(max(0, mean g)) over the batch. Rows with ``out["mask"]`` 0
+    (unlabelled samples: an online group of tied rewards) are left out."""
     _positive(beta=beta)
 
     def apply(out, state, step):
         del step
         g = implicit_reward(out)
         y = _labels(out, g)
-        z = jax.lax.stop_gradient(jnp.maximum(0.0, jnp.mean(g)))
+        z = jax.lax.stop_gradient(jnp.maximum(0.0, masked_mean(g, out)))
         s = 2.0 * y - 1.0
         w = y * lambda_desirable + (1.0 - y) * lambda_undesirable
-        loss = jnp.mean(w * (1.0 - jax.nn.sigmoid(s * beta * (g - z))))
+        loss = masked_mean(w * (1.0 - jax.nn.sigmoid(s * beta * (g - z))), out)
         return loss, state, {"kto_reference_point": z}
 
     return LossTransform(lambda: (), apply)
@@ -113,6 +116,7 @@ def bco(beta: float = 1000.0) -> LossTransform:
 
     def apply(out, state, step):
         del step
+        _no_mask(out)
         g = implicit_reward(out)
         y = _labels(out, g)
         r = beta * g
@@ -142,6 +146,7 @@ def lipo(beta: float = 1000.0, *, list_size: int) -> LossTransform:
 
     def apply(out, state, step):
         del step
+        _no_mask(out)
         g = implicit_reward(out)
         _need(out, "reward")
         if g.shape[0] % list_size:

@@ -1,6 +1,6 @@
 """AWM for GDSS: a graph diffusion model fine-tuned on its own molecules with a reward.
 
-The same recipe as ``align.rl.awm_loss`` for flows, with the score model's own pretraining loss:
+The same recipe as ``align.rl.matching_rows`` for flows, with the score model's own pretraining loss:
 each epoch samples molecules with the model's sampler (no gradient), quantizes them to atom
 types and bond orders (what the reward and the training data see), scores them on the host
 (RDKit, through ``jax.pure_callback``), then re-noises every molecule at K stratified times

@@ -9,7 +9,9 @@ from .transforms import (
     combine as combine,
     masked_mean as masked_mean,
     mean as mean,
+    penalties as penalties,
     per_example_of as per_example_of,
+    regularised as regularised,
     weighted as weighted,
     with_rewards as with_rewards,
 )

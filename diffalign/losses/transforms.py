@@ -140,3 +140,41 @@ def with_rewards(*reward_transforms: RewardTransform, then: LossTransform) -> Lo
         return loss, (tuple(new), lstate), {**metrics, **m}
 
     return LossTransform(init, apply)
+
+
+def penalties(**weights: float) -> LossTransform:
+    """sum_k w_k mean(out[k]): per-row regularisers the loss function provides, each by its name
+    (``drift_ref`` = ||v - v_ref||^2, ``drift_ema``, ``kl_ref``...), masked like the loss.
+    Zero weights are skipped (their keys need not exist). Add it to an objective with
+    ``combine``; every alignment method takes the same switches this way."""
+    for k, w in weights.items():
+        if w < 0:
+            raise ValueError(f"penalty weight {k} must be >= 0, got {w}")
+    active = {k: w for k, w in weights.items() if w}
+
+    def apply(out, state, step):
+        del step
+        total, metrics = 0.0, {}
+        for k, w in active.items():
+            if k not in out:
+                raise KeyError(f"a penalty on {k!r} reads out[{k!r}], which the loss function did not return")
+            term = masked_mean(out[k], out)
+            total = total + w * term
+            metrics[k] = term
+        return jnp.asarray(total, jnp.float32), state, metrics
+
+    return LossTransform(lambda: (), apply)
+
+
+def regularised(objective: LossTransform, **weights: float) -> LossTransform:
+    """``objective`` plus ``penalties(**weights)``, the penalties' terms in its metrics by name."""
+    extra = penalties(**weights)
+    if not any(weights.values()):
+        return objective
+
+    def apply(out, state, step):
+        loss, state, metrics = objective.apply(out, state, step)
+        penalty, _, terms = extra.apply(out, (), step)
+        return loss + penalty, state, {**metrics, **terms}
+
+    return LossTransform(objective.init, apply)

@@ -6,7 +6,7 @@ On the linear path x_t = (1 - t) x0 + t x1 with velocity v, the SDE
 
 has the flow's marginals for any a; Flow-GRPO samples it with Euler-Maruyama (every step but the
 last, which is the deterministic Euler step) and trains on the Gaussian log-probabilities of the
-stored transitions (``align.rl.ddpo_loss``). As a ``sampling.sample`` method: ``"flow_grpo"``.
+stored transitions (``align.rl.flow_grpo_rows``). As a ``sampling.sample`` method: ``"flow_grpo"``.
 """
 
 from __future__ import annotations
@@ -40,19 +40,27 @@ def flow_sde_step_moments(v, x, t, t_next, t_cap, a: float = GRPO_NOISE):
     return mean, s * jnp.sqrt(dt)
 
 
-def flow_grpo_sde(key, velocity: Callable, x1, ts, a: float = GRPO_NOISE):
+def flow_grpo_sde(key, velocity: Callable, x1, ts, a: float = GRPO_NOISE, *, noisy_last: bool = False,
+                  log_probs: bool = False):
     """Integrate ``velocity(x, t)`` from x1 at ts[0] = 1 down the grid ``ts`` (ending at 0) with
     Flow-GRPO's SDE; returns (samples, the trajectory of len(ts) states). Step i draws its noise
-    from ``fold_in(key, i)``."""
+    from ``fold_in(key, i)``. The step to t = 0 is the deterministic Euler step unless
+    ``noisy_last`` (the released code samples every step). With ``log_probs`` it also returns
+    each step's Gaussian log-density of the state it drew, (steps, B), averaged over the
+    non-batch dimensions as the code does (a deterministic last step scores 0)."""
 
     def body(x, inp):
         (t, t_next), i = inp
         tb = jnp.full((x.shape[0],), t, x.dtype)
         v = velocity(x, tb)
         mean, std = flow_sde_step_moments(v, x, tb, jnp.full_like(tb, t_next), ts[1], a)
-        noisy = mean + std * jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-        x = jnp.where(t_next > 0, noisy, x - (t - t_next) * v)
-        return x, x
+        z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+        stochastic = (t_next > 0) | noisy_last
+        x = jnp.where(stochastic, mean + std * z, x - (t - t_next) * v)
+        lp = -0.5 * z**2 - jnp.log(std) - 0.5 * jnp.log(2.0 * jnp.pi)
+        lp = jnp.where(stochastic, jnp.mean(lp.reshape(x.shape[0], -1), axis=-1), 0.0)
+        return x, (x, lp)
 
-    x, xs = jax.lax.scan(body, x1, ((ts[:-1], ts[1:]), jnp.arange(ts.shape[0] - 1)))
-    return x, jnp.concatenate([x1[None], xs])
+    x, (xs, lps) = jax.lax.scan(body, x1, ((ts[:-1], ts[1:]), jnp.arange(ts.shape[0] - 1)))
+    traj = jnp.concatenate([x1[None], xs])
+    return (x, traj, lps) if log_probs else (x, traj)

@@ -173,6 +173,7 @@ def train(
     resume_ignore: tuple[str, ...] = ("num_steps",),
     resume_defaults: dict | None = None,
     on_log: Callable | None = None,
+    evaluate: Callable | None = None,
     desc: str = "train",
     time_limit_s: float | None = None,
 ) -> TrainResult:
@@ -202,6 +203,10 @@ def train(
         the same on every process; each process places only the rows of its own devices), and
         only process 0 logs and shows progress.
       on_log: called as ``on_log(step, metrics)`` after each log row.
+      evaluate: ``evaluate(state) -> {name: float}`` at each log row (and before the first
+        step, reported as ``summary["initial_eval"]``), outside the timed region; its values
+        join the row as ``eval_<name>``. An alignment benchmark's fixed-noise evaluation
+        after every epoch, say.
       time_limit_s: stop at the first log boundary after this many seconds of training
         (compilation not counted), with a checkpoint there; ``summary["stopped_early"]`` says so.
         For short-budget runs: the schedule is that of the full run, cut short.
@@ -250,6 +255,9 @@ def train(
         logger = MetricLogger(workdir, tensorboard=tensorboard, enabled=main)
 
     start = int(jax.device_get(state.step))
+    initial_eval = None
+    if evaluate is not None and start < num_steps:
+        initial_eval = {k: float(v) for k, v in evaluate(state).items()}
     chunks = _Chunks(step_fn, batch_fn, batch_on_device, vectorize_batches, mesh, state_sh)
     bar = None
     if progress and main and start < num_steps:
@@ -295,6 +303,8 @@ def train(
                     if k != "nonfinite"
                 }
                 row["steps_per_sec"] = run_steps_since_log / max(t_since_log, 1e-9)
+                if evaluate is not None:
+                    row.update({f"eval_{k}": float(v) for k, v in evaluate(state).items()})
                 t_since_log, run_steps_since_log, pending = 0.0, 0, []
                 last_metrics = row
                 if logger is not None:
@@ -331,6 +341,7 @@ def train(
         "train_s": t_run,
         "steps_per_sec": done / t_run if t_run > 0 else None,
         "final_metrics": last_metrics,
+        "initial_eval": initial_eval,
         "stopped_early": f"time limit {time_limit_s:g} s reached at step {step} of {num_steps}" if stopped_early else None,
     }
     if workdir is not None and main:

@@ -18,7 +18,7 @@ import optax
 
 from ..losses.transforms import LossTransform, mean
 from .state import TrainState
-from .update import loss_terms, update
+from .update import loss_terms, split_rows, update
 
 
 def ema_decay_at(step, decay: float, warmup: bool):
@@ -68,6 +68,8 @@ def make_train_step(
     ema_warmup: bool = False,
     aux_update: Callable | None = None,
     accumulate: int = 1,
+    prepare: Callable | None = None,
+    minibatches: int = 1,
 ) -> Callable:
     """Return the pure ``step(state, batch) -> (state, metrics)`` for one parameter group.
 
@@ -94,16 +96,50 @@ def make_train_step(
     assumes what the library's losses do: ``loss_fn`` treats rows independently (no batch
     statistics inside it; the transform may use any), returns per-example arrays and scalars
     that are batch means, and every batch leaf has the batch as its leading axis.
+
+    ``prepare(params, batch, key, aux) -> batch`` (online RL: sample rollouts with the current
+    or a lagged policy, score them, form advantages, pairs or labels) runs first, without
+    gradients, on a key split from the step's; a ``"metrics"`` dict in what it returns is
+    reported and removed from the batch. ``minibatches=k`` then takes k optimizer updates in
+    order, on rows j, j + k, ... of the (prepared) batch (PPO / Flow-GRPO's several updates per
+    rollout batch); the metrics are their means, and the EMA and ``aux_update`` run once, after
+    the last.
     """
     transform = transform or mean()
     _check(ema_decay, accumulate)
+    if not isinstance(minibatches, int) or isinstance(minibatches, bool) or minibatches < 1:
+        raise ValueError(f"minibatches must be a positive integer (updates per step), got {minibatches!r}")
+
+    def updates(state, batch, key):
+        def one(params, opt_state, tstate, b, k):
+            return update(loss_fn, transform, optimizer, params, opt_state, tstate, b, k, state.step, state.aux,
+                          accumulate=accumulate)
+
+        if minibatches == 1:
+            return one(state.params, state.opt_state, state.transform_state, batch, key)
+
+        def body(carry, xs):
+            params, opt_state, tstate = carry
+            params, opt_state, tstate, loss, gnorm, tmetrics, out = one(params, opt_state, tstate, *xs)
+            return (params, opt_state, tstate), (loss, gnorm, tmetrics, loss_terms(out))
+
+        (params, opt_state, tstate), (loss, gnorm, tmetrics, terms) = jax.lax.scan(
+            body, (state.params, state.opt_state, state.transform_state),
+            (split_rows(batch, minibatches), jax.random.split(key, minibatches)))
+        finite = jnp.all(jnp.isfinite(loss)) & jnp.all(jnp.isfinite(gnorm))
+        mean_of = lambda tree: jax.tree.map(jnp.mean, tree)  # noqa: E731
+        loss, gnorm = jnp.where(finite, jnp.mean(loss), jnp.nan), jnp.where(finite, jnp.mean(gnorm), jnp.nan)
+        return params, opt_state, tstate, loss, gnorm, mean_of(tmetrics), {"metrics": mean_of(terms)}
 
     def step_fn(state: TrainState, batch):
         key = jax.random.fold_in(state.key, state.step)
-        params, opt_state, tstate, loss, grad_norm, tmetrics, out = update(
-            loss_fn, transform, optimizer, state.params, state.opt_state, state.transform_state, batch, key,
-            state.step, state.aux, accumulate=accumulate,
-        )
+        prepared = {}
+        if prepare is not None:
+            k_prepare, key = jax.random.split(key)
+            aux = None if state.aux is None else jax.lax.stop_gradient(state.aux)
+            batch = dict(prepare(jax.lax.stop_gradient(state.params), batch, k_prepare, aux))
+            prepared = batch.pop("metrics", {})
+        params, opt_state, tstate, loss, grad_norm, tmetrics, out = updates(state, batch, key)
         ema = state.ema_params
         if ema is not None:
             ema = optax.incremental_update(params, ema, 1.0 - ema_decay_at(state.step, ema_decay, ema_warmup))
@@ -113,7 +149,8 @@ def make_train_step(
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new = state.replace(params=params, opt_state=opt_state, ema_params=ema, step=state.step + 1,
                             transform_state=tstate, aux=aux)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite": ~finite, **tmetrics, **loss_terms(out)}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite": ~finite, **prepared, **tmetrics,
+                   **loss_terms(out)}
         return _guard(new, state, finite), metrics
 
     return step_fn

@@ -44,21 +44,23 @@ def update(loss_fn: Callable, transform: LossTransform, optimizer: optax.Gradien
     return params, opt_state, tstate, loss, optax.tree.norm(grads), tmetrics, out
 
 
-def _microbatches(batch, k: int):
-    """Leaves (B, ...) -> (k, B/k, ...), microbatch j holding rows j, j + k, ..."""
+def split_rows(batch, k: int):
+    """Leaves (B, ...) -> (k, B/k, ...), part j holding rows j, j + k, ... (gradient accumulation's
+    microbatches, and the minibatches of several updates on one prepared batch)."""
 
     sizes = {x.shape[0] if x.ndim else None for x in jax.tree.leaves(batch)}
     if len(sizes) > 1:
         raise ValueError(
-            f"gradient accumulation splits every batch leaf by rows, but the leaves have different leading "
+            f"splitting a batch into {k} parts (gradient accumulation, minibatch updates) splits every leaf by "
+            f"rows, but the leaves have different leading "
             f"sizes {sorted(map(str, sizes))}; pass shared arrays through the loss function's closure instead"
         )
 
     def split(x):
         if x.ndim == 0 or x.shape[0] % k:
             raise ValueError(
-                f"gradient accumulation over {k} microbatches needs batch leaves whose leading size is a "
-                f"multiple of {k}, got shape {tuple(x.shape)}"
+                f"splitting a batch into {k} parts (gradient accumulation, minibatch updates) needs batch leaves "
+                f"whose leading size is a multiple of {k}, got shape {tuple(x.shape)}"
             )
         return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
 
@@ -66,7 +68,7 @@ def _microbatches(batch, k: int):
 
 
 def _join(stacked, k: int, m: int):
-    """Inverse of ``_microbatches`` for per-example leaves (k, m, ...); scalars (k,) -> mean."""
+    """Inverse of ``split_rows`` for per-example leaves (k, m, ...); scalars (k,) -> mean."""
 
     def join(x):
         if x.ndim >= 2 and x.shape[1] == m:
@@ -80,7 +82,7 @@ def _join(stacked, k: int, m: int):
 
 def _accumulated(call_loss, transform, k, params, batch, key, tstate, step, aux):
     """(loss, (tstate, tmetrics, out)), grads of ``transform(out(batch))`` over k microbatches."""
-    micro = _microbatches(batch, k)
+    micro = split_rows(batch, k)
     m = jax.tree.leaves(micro)[0].shape[1]
     keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(k))
     stacked = jax.lax.map(lambda xs: call_loss(params, xs[0], xs[1], aux), (micro, keys))
@@ -101,7 +103,7 @@ def _accumulated(call_loss, transform, k, params, batch, key, tstate, step, aux)
     (cotangent,) = vjp_out(jnp.ones_like(loss))
     # per-example cotangents go back to their microbatch rows; a scalar's is split evenly (it was a mean)
     ct_micro = [
-        _microbatches(c, k) if c.ndim >= 1 and c.shape[0] == k * m else jnp.broadcast_to(c / k, (k, *c.shape))
+        split_rows(c, k) if c.ndim >= 1 and c.shape[0] == k * m else jnp.broadcast_to(c / k, (k, *c.shape))
         for c in cotangent
     ]
 

@@ -1,0 +1,373 @@
+"""The alignment benchmark: AWM, Flow-GRPO, DiffusionNFT, online DPO / KTO and RWR, like for like.
+
+One protocol for every method on a task (issue 19; recipes in ``diffalign.align.recipes``):
+
+* the same pretrained model (per pretraining seed), the same rollouts per epoch (reward calls)
+  in the same pseudo-groups, one seed set;
+* each method's own training rollouts, rows, objective and updates per epoch; its regularisers
+  either its own (``own``) or AWM's for all (``equalised``: 1e-3 to the reference, 1 to an EMA
+  anchor);
+* a learning-rate grid per method: the best stable rate (every seed stable and at the target;
+  fewest median epochs) is reported, and the whole grid;
+* after every epoch, the same evaluation for all: ``eval_samples`` samples of the Euler
+  ODE from fixed noise, scored by the task; epochs, network passes (rollout + update, counted by
+  the recipe: forward and backward passes each count one) and seconds (training only,
+  compilation and evaluation apart) to the target are read off that curve.
+
+Writes ``results.json`` (per method and regime: the best rate's numbers and the whole grid, the
+AWM / Flow-GRPO ratios both ways), ``table.md``, ``curves.png`` (evaluated reward against
+network passes at each method's best rate) and ``front.png`` (final reward against drift from
+the reference and against diversity, one point per learning rate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffalign.align import recipes
+from diffalign.config import build, field
+from diffalign.metrics.distances import frechet_distance
+from diffalign.results import begin, write_json, write_results
+from diffalign.training import NonFiniteLossError, train
+
+from . import align as A
+
+NAME = "align-bench"
+DESCRIPTION = ("Every alignment method on one task under one protocol: AWM, Flow-GRPO, DiffusionNFT, online "
+               "DPO / KTO, RWR; own and equalised regularisers, a learning-rate grid, seeds; table and fronts.")
+TASKS = ("ring", "digits")
+DRIFT_T = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    task: str = field("ring", "the task (ring: 2 of 8 gaussians rewarded; digits: a classifier's p(class 3))",
+                      choices=TASKS)
+    methods: tuple[str, ...] = field(recipes.METHODS, f"methods compared, of {', '.join(recipes.METHODS)}")
+    regimes: tuple[str, ...] = field(recipes.REGIMES, "regularisers: each method's own, or AWM's for all (equalised)")
+    lrs: tuple[float, ...] = field((1e-4, 3e-4, 1e-3, 3e-3), "the learning-rate grid, each method")
+    seeds: tuple[int, ...] = field((0, 1, 2), "RL seeds")
+    pretrain_seeds: tuple[int, ...] = field((0,), "pretraining seeds (one pretrained model each)")
+    epochs: int = field(150, "RL epochs per run")
+    samples_per_epoch: int = field(512, "rollouts (reward calls) per epoch, every method")
+    group_size: int = field(16, "pseudo-group size (advantages, pairs), every method")
+    eval_samples: int = field(1024, "samples of the per-epoch evaluation (fixed noise, Euler ODE)")
+    eval_steps: int = field(20, "Euler steps of the evaluation sampler")
+    target: float = field(0.0, "target of the evaluated score (0: the task's, ring 0.9 in the rewarded modes, "
+                                "digits 0.8 classified as the class)")
+    pretrain_steps: int = field(4000, "flow-matching pretraining steps (digits uses 4x)")
+    target_class: int = field(3, "digits: the rewarded class")
+
+    def __post_init__(self):
+        for name in ("methods", "regimes", "lrs", "seeds", "pretrain_seeds"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty")
+        for m in self.methods:
+            if m not in recipes.METHODS:
+                raise ValueError(f"unknown method {m!r}; expected some of {recipes.METHODS}")
+        for r in self.regimes:
+            if r not in recipes.REGIMES:
+                raise ValueError(f"unknown regime {r!r}; expected some of {recipes.REGIMES}")
+        if any(lr <= 0 for lr in self.lrs):
+            raise ValueError(f"learning rates must be positive, got {self.lrs}")
+        if self.group_size < 2 or self.samples_per_epoch % self.group_size:
+            raise ValueError(f"group_size must be >= 2 and divide samples_per_epoch, got {self.group_size}")
+        for name in ("epochs", "eval_samples", "eval_steps", "pretrain_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def target_level(self) -> float:
+        return self.target or {"ring": 0.9, "digits": 0.8}[self.task]
+
+    def smoke(self) -> "Config":
+        return dataclasses.replace(self, lrs=(1e-3,), seeds=(0,), epochs=3, samples_per_epoch=64, group_size=8,
+                                   eval_samples=128, eval_steps=8, pretrain_steps=100)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+class Evaluator:
+    """The shared per-epoch evaluation: fixed-noise Euler ODE samples, the task's score, the
+    drift E||v - v_ref||^2 at t = 0.5 (fixed noise, on the samples) and a diversity measure."""
+
+    def __init__(self, cfg: Config, task: A.Task, apply_fn, ref_params):
+        self.cfg, self.task, self.apply_fn, self.ref = cfg, task, apply_fn, ref_params
+        key = jax.random.key(777)
+        self.x1 = jax.random.normal(key, (cfg.eval_samples, *task.shape))
+        self.eps = jax.random.normal(jax.random.fold_in(key, 1), (cfg.eval_samples, *task.shape))
+        from diffalign.align import rl
+
+        def sample_and_drift(params):
+            x = rl.sample_flow(None, apply_fn, params, self.x1, cfg.eval_steps)
+            t = jnp.full((x.shape[0],), DRIFT_T, x.dtype)
+            xt = (1.0 - DRIFT_T) * x + DRIFT_T * self.eps
+            drift = jnp.mean((apply_fn(params, xt, t) - apply_fn(ref_params, xt, t)) ** 2)
+            return x, drift
+
+        self._run = jax.jit(sample_and_drift)
+        self.base_x = np.asarray(self._run(ref_params)[0])
+        if cfg.task == "ring":  # the reward-tilted base law p_ref r / Z: the base model's rewarded samples
+            self.tilted = self.base_x[np.asarray(task.reward(jnp.asarray(self.base_x))) > 0]
+        else:
+            from diffalign.metrics.digits import DigitClass
+
+            real = task.levels[task.labels == cfg.target_class]
+            self.judge = DigitClass(task.classifier, real, cfg.target_class)
+
+    def __call__(self, params, final: bool = False) -> dict:
+        x, drift = self._run(params)
+        m = {k: float(v) for k, v in self.task.metrics_fn(x).items()}
+        m["reward"] = float(jnp.mean(self.task.reward(x)))
+        m["drift"] = float(drift)
+        if self.cfg.task == "ring":
+            m["score"] = m["in_target"]
+            modes = self.task.reward.modes
+            shares = [m[f"mode{k}_share"] for k in modes]
+            m["mode_balance"] = shares[0] / max(sum(shares), 1e-9)
+            if final:
+                xs = np.asarray(x)
+                hit = xs[np.asarray(self.task.reward(x)) > 0]
+                m["frechet_to_tilted"] = float(frechet_distance(hit, self.tilted)) if len(hit) > 10 else None
+        else:
+            m["score"] = m["reward"]
+            if final:
+                s = self.judge.score(np.asarray(x))
+                m.update({k: (None if v is None else float(v)) for k, v in s.items()})
+        return m
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def one_run(cfg: Config, task: A.Task, apply_fn, ref, evaluator: Evaluator, method: str, regime: str, lr: float,
+            seed: int) -> dict:
+    r = recipes.recipe(method, regime)
+    aligner = recipes.build(r, apply_fn, ref, task.reward, task.shape, samples=cfg.samples_per_epoch,
+                            group_size=cfg.group_size, lr=lr, seed=seed, metrics_fn=task.metrics_fn)
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    diverged = None
+    try:
+        result = train(aligner.state, aligner.step, lambda s: {}, num_steps=cfg.epochs, workdir=None, steps_per_call=1,
+                       log_every=1, progress=False, on_log=lambda s, m: rows.append(m),
+                       evaluate=lambda st: evaluator(st.params), desc=f"{method}/{regime}")
+        final = evaluator(result.state.params, final=True)
+        compile_s = result.summary["compile_s"]
+    except NonFiniteLossError as e:  # a diverging run is a result: its curve up to there is kept
+        diverged, final, compile_s = e.step + 1, None, None
+    score = [row["eval_score"] for row in rows]
+    seconds = np.cumsum([1.0 / row["steps_per_sec"] for row in rows]).tolist()
+    hit = A.first_epoch_at(score, cfg.target_level)
+    per_epoch = aligner.evals_per_epoch["total"]
+    return {
+        "method": method, "regime": regime, "lr": lr, "seed": seed,
+        "epochs_to_target": hit, "evals_to_target": None if hit is None else hit * per_epoch,
+        "seconds_to_target": None if hit is None else seconds[hit - 1],
+        "stable": diverged is None and len(score) == cfg.epochs and A.stability(score),
+        "diverged_at": diverged, "final": final, "evals_per_epoch": aligner.evals_per_epoch,
+        "epoch_s": float(np.median(np.diff([0.0] + seconds))) if seconds else None, "compile_s": compile_s,
+        "wall_s": time.perf_counter() - t0,
+        "score_curve": score, "drift_curve": [row["eval_drift"] for row in rows],
+        "rollout_reward_curve": [row["reward"] for row in rows],
+    }
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _median(xs):
+    xs = [x for x in xs if x is not None and np.isfinite(x)]
+    return float(np.median(xs)) if xs else None
+
+
+def summarise(runs: list[dict], cfg: Config) -> dict:
+    """Per (method, regime, lr): medians over seeds (and pretraining seeds); per (method,
+    regime): the best stable rate (every run stable and at the target, fewest median epochs;
+    if none reaches it, the stable rate with the highest median final score), and the ratios of
+    Flow-GRPO's cost to AWM's and back."""
+    grid, best = [], {}
+    for regime in cfg.regimes:
+        for method in cfg.methods:
+            cands = []
+            for lr in cfg.lrs:
+                rs = [r for r in runs if (r["method"], r["regime"], r["lr"]) == (method, regime, lr)]
+                if not rs:
+                    continue
+                fin = [r["final"] or {} for r in rs]
+                reached = all(r["epochs_to_target"] is not None for r in rs)
+                e = {
+                    "method": method, "regime": regime, "lr": lr, "runs": len(rs),
+                    "all_stable": all(r["stable"] for r in rs), "all_reached": reached,
+                    "epochs_to_target": [r["epochs_to_target"] for r in rs],
+                    "median_epochs_to_target": _median([r["epochs_to_target"] for r in rs]) if reached else None,
+                    "median_evals_to_target": _median([r["evals_to_target"] for r in rs]) if reached else None,
+                    "median_seconds_to_target": _median([r["seconds_to_target"] for r in rs]) if reached else None,
+                    "evals_per_epoch": rs[0]["evals_per_epoch"]["total"],
+                    "median_epoch_s": _median([r["epoch_s"] for r in rs]),
+                }
+                for k in ("score", "drift", "off_manifold", "mode_balance", "frechet_to_tilted", "class_fraction",
+                          "frechet_logits", "diversity_ratio"):
+                    vals = [f.get(k) for f in fin]
+                    if any(v is not None for v in vals):
+                        e[f"final_{k}"] = vals
+                        e[f"median_final_{k}"] = _median(vals)
+                grid.append(e)
+                cands.append(e)
+            stable = [e for e in cands if e["all_stable"]]
+            at = [e for e in stable if e["all_reached"]]
+            if at:
+                pick = min(at, key=lambda e: (e["median_epochs_to_target"], -(e.get("median_final_score") or 0)))
+            elif stable:
+                pick = max(stable, key=lambda e: e.get("median_final_score") or -1)
+            else:
+                pick = None
+            best[f"{method}/{regime}"] = pick
+    ratios = {}
+    for regime in cfg.regimes:
+        a, g = best.get(f"awm/{regime}"), best.get(f"flow_grpo/{regime}")
+        if a and g and a["all_reached"] and g["all_reached"]:
+            for k in ("epochs", "evals", "seconds"):
+                key = f"median_{k}_to_target"
+                ratios[f"{regime}/flow_grpo_over_awm_{k}"] = g[key] / a[key]
+                ratios[f"{regime}/awm_over_flow_grpo_{k}"] = a[key] / g[key]
+    return {"grid": grid, "best": best, "ratios": ratios}
+
+
+def _fmt(v, spec=".3g"):
+    if v is None:
+        return "-"
+    if isinstance(v, list):
+        return ", ".join(_fmt(x, spec) for x in v)
+    return format(v, spec)
+
+
+def table(summary: dict, cfg: Config) -> str:
+    score = "in the rewarded modes" if cfg.task == "ring" else f"classified as {cfg.target_class}"
+    div = ("off-manifold", "mode balance", "FD to tilted") if cfg.task == "ring" else ("FD logits", "diversity", "-")
+    lines = [f"# align-bench, task {cfg.task}: best stable learning rate per method and regime", "",
+             f"Target: {cfg.target_level} {score} on the shared evaluation ({cfg.eval_samples} samples, "
+             f"{cfg.eval_steps}-step Euler ODE, fixed noise). Medians over {len(cfg.seeds)} RL seeds x "
+             f"{len(cfg.pretrain_seeds)} pretraining seed(s). Network passes: rollout forwards + update forwards "
+             "(policy and frozen sets) + backwards, each pass one. Seconds: training only.", "",
+             f"| method | regime | lr | epochs to target (per run) | passes to target | seconds to target | final score "
+             f"| drift | {div[0]} | {div[1]} | {div[2]} |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, e in summary["best"].items():
+        method, regime = key.split("/")
+        if e is None:
+            lines.append(f"| {method} | {regime} | no stable rate | | | | | | | | |")
+            continue
+        if cfg.task == "ring":
+            cols = (e.get("median_final_off_manifold"), e.get("median_final_mode_balance"),
+                    e.get("median_final_frechet_to_tilted"))
+        else:
+            cols = (e.get("median_final_frechet_logits"), e.get("median_final_diversity_ratio"), None)
+        lines.append(
+            f"| {method} | {regime} | {e['lr']:g} | {_fmt(e['median_epochs_to_target'])} ({_fmt(e['epochs_to_target'])}) "
+            f"| {_fmt(e['median_evals_to_target'])} | {_fmt(e['median_seconds_to_target'])} "
+            f"| {_fmt(e.get('median_final_score'))} | {_fmt(e.get('median_final_drift'))} "
+            f"| {_fmt(cols[0])} | {_fmt(cols[1])} | {_fmt(cols[2])} |")
+    lines += ["", "Ratios of the best stable rates (median cost to the target):", ""]
+    lines += [f"* {k}: {v:.3g}" for k, v in summary["ratios"].items()] or ["* not every run reached the target"]
+    lines += ["", "## The whole grid", "",
+              "| method | regime | lr | stable | epochs to target | final score | drift |", "|---|---|---|---|---|---|---|"]
+    for e in summary["grid"]:
+        lines.append(f"| {e['method']} | {e['regime']} | {e['lr']:g} | {'yes' if e['all_stable'] else 'no'} "
+                     f"| {_fmt(e['epochs_to_target'])} | {_fmt(e.get('final_score'))} | {_fmt(e.get('final_drift'))} |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def run(cfg: Config, out: str, smoke: bool = False) -> dict:
+    cfg, out, timer = begin(cfg, out, smoke)
+    runs: list[dict] = []
+    base: dict = {}
+    combos = [(m, g, lr, s) for g in cfg.regimes for m in cfg.methods for lr in cfg.lrs for s in cfg.seeds]
+    from tqdm.auto import tqdm
+
+    for pseed in cfg.pretrain_seeds:
+        acfg = build(A.Config, task=cfg.task, pretrain_steps=cfg.pretrain_steps, pretrain_seed=pseed,
+                     target_class=cfg.target_class)
+        task = A.Task(acfg)
+        with timer(f"pretrain_{pseed}"):
+            apply_fn, ref, _ = A.pretrain(task, acfg, os.path.join(out, f"pretrain_seed{pseed}"))
+        evaluator = Evaluator(cfg, task, apply_fn, ref)
+        base[str(pseed)] = evaluator(ref, final=True)
+        with timer(f"runs_pretrain{pseed}"):
+            for method, regime, lr, seed in tqdm(combos, desc=f"align-bench {cfg.task} (pretrain seed {pseed})"):
+                row = one_run(cfg, task, apply_fn, ref, evaluator, method, regime, lr, seed)
+                row["pretrain_seed"] = pseed
+                runs.append(row)
+                write_json(os.path.join(out, "runs.json"), runs)  # nothing lost if a long grid stops
+    summary = summarise(runs, cfg)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(table(summary, cfg))
+    pictures = _plot(out, runs, summary, cfg)
+    metrics = {"best": {k: None if e is None else {kk: vv for kk, vv in e.items() if not isinstance(vv, list)}
+                        for k, e in summary["best"].items()},
+               "ratios": summary["ratios"], "base": base}
+    write_results(out, experiment=NAME, config=cfg, metrics=metrics, timings=timer.times,
+                  extra={"smoke": smoke, "grid": summary["grid"], "pictures": pictures,
+                         "recipes": {f"{m}/{g}": dataclasses.asdict(recipes.recipe(m, g)) for m in cfg.methods
+                                     for g in cfg.regimes}})
+    return {"ratios": summary["ratios"]}
+
+
+def _plot(out, runs, summary, cfg):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        print(f"note: no pictures written ({e})")
+        return []
+    colours = dict(zip(recipes.METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, axes = plt.subplots(1, len(cfg.regimes), figsize=(6.5 * len(cfg.regimes), 4.2), squeeze=False)
+    for ax, regime in zip(axes[0], cfg.regimes):
+        for method in cfg.methods:
+            e = summary["best"].get(f"{method}/{regime}")
+            if e is None:
+                continue
+            rs = [r for r in runs if (r["method"], r["regime"], r["lr"]) == (method, regime, e["lr"])]
+            n = min(len(r["score_curve"]) for r in rs)
+            if n == 0:
+                continue
+            curve = np.median([r["score_curve"][:n] for r in rs], axis=0)
+            passes = np.arange(1, n + 1) * rs[0]["evals_per_epoch"]["total"]
+            ax.plot(passes, curve, label=f"{method} (lr {e['lr']:g})", color=colours[method])
+        ax.axhline(cfg.target_level, ls=":", c="gray")
+        ax.set(xscale="log", xlabel="network passes (rollout + update)", ylabel="evaluated score",
+               title=f"{cfg.task}, {regime} regularisers (median of seeds)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "curves.png"), dpi=110)
+    plt.close(fig)
+    second = "mode_balance" if cfg.task == "ring" else "diversity_ratio"
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for e in summary["grid"]:
+        mk = "o" if e["regime"] == "own" else "s"
+        for ax, k in zip(axes, ("drift", second)):
+            x, y = e.get(f"median_final_{k}"), e.get("median_final_score")
+            if x is not None and y is not None:
+                ax.scatter(x, y, marker=mk, color=colours[e["method"]], s=20 + 15 * np.log10(e["lr"] / min(cfg.lrs) + 1))
+    for method in cfg.methods:
+        axes[0].scatter([], [], color=colours[method], label=method)
+    axes[0].legend(fontsize=8, title="o own, s equalised; size ~ lr")
+    axes[0].set(xscale="log", xlabel="final drift E||v - v_ref||^2 at t = 0.5", ylabel="final score")
+    axes[1].set(xlabel=second.replace("_", " "), ylabel="final score")
+    fig.suptitle(f"{cfg.task}: the front each method traces over its learning rates (medians of seeds)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "front.png"), dpi=110)
+    plt.close(fig)
+    return ["curves.png", "front.png"]

@@ -1,0 +1,221 @@
+"""Issue 19: DiffusionNFT, Flow-GRPO as released, online pair forming, the step's rollout stage and
+minibatch updates, and ``diffalign align-bench --smoke``.
+
+Hand-computed values on tiny inputs; NFT's gradient identity with AWM (method notes
+``alignment-methods-2.md`` section 1.3); Flow-GRPO's per-step log-probability against scipy and its
+SDE step against the Euler step as the noise level goes to 0."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from diffalign import align
+from diffalign.align import recipes, rl
+from diffalign.losses import mean
+from diffalign.models import MLP, functional
+from diffalign.sampling.flow_sde import flow_sde_step_moments
+from diffalign.training import init_train_state, make_train_step
+
+
+def _mean_sq(a, b):
+    return np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2, axis=-1)
+
+
+def test_nft_loss_matches_a_hand_computation_on_vectors():
+    # three rows, two dimensions: v_theta, v_old and the target u written out
+    v = np.array([[0.5, -1.0], [2.0, 0.0], [0.1, 0.3]])
+    v_old = np.array([[0.0, -0.5], [1.0, 1.0], [0.1, 0.2]])
+    u = np.array([[1.0, 1.0], [0.0, 0.5], [-0.4, 0.2]])
+    adv = np.array([0.6, -1.0, 0.0])
+    beta = 0.7
+    r = (1 + adv) / 2
+    vp, vm = v_old + beta * (v - v_old), v_old - beta * (v - v_old)
+    expect = np.mean((r * _mean_sq(vp, u) + (1 - r) * _mean_sq(vm, u)) / beta)
+    out = {"per_example": jnp.asarray(_mean_sq(v, u), jnp.float32), "old_loss": jnp.asarray(_mean_sq(v_old, u), jnp.float32),
+           "drift_old": jnp.asarray(_mean_sq(v, v_old), jnp.float32), "advantage": jnp.asarray(adv, jnp.float32)}
+    loss, _, m = align.nft(beta).apply(out, (), 0)
+    np.testing.assert_allclose(float(loss), expect, rtol=1e-5)
+    np.testing.assert_allclose(float(m["nft_positive"]), np.mean(_mean_sq(vp, u)), rtol=1e-5)
+    np.testing.assert_allclose(float(align.nft(beta, scale=5.0).apply(out, (), 0)[0]), 5 * expect, rtol=1e-5)
+    with pytest.raises(KeyError, match="old_loss"):
+        align.nft().apply({"per_example": out["per_example"], "advantage": out["advantage"]}, (), 0)
+
+
+def test_flow_grpo_loss_matches_a_hand_computation():
+    logp = np.array([-1.0, -2.0, -0.5, -3.0])
+    logp_old = np.array([-1.0, -2.00005, -0.4, -3.0])  # ratios 1, e^-5e-5 (inside 1e-4), e^-0.1, 1
+    adv = np.array([0.2, -0.4, 1.0, -1.0])  # in [-1, 1]: Flow-GRPO weights by 5 x
+    kl = np.array([0.1, 0.0, 0.3, 0.2])
+    ratio = np.exp(logp - logp_old)
+    a5 = 5 * adv
+    policy = np.maximum(-a5 * ratio, -a5 * np.clip(ratio, 1 - 1e-4, 1 + 1e-4))
+    expect = policy.mean() + 0.04 * kl.mean()
+    out = {"per_example": jnp.asarray(-logp, jnp.float32), "logp_old": jnp.asarray(logp_old, jnp.float32),
+           "advantage": jnp.asarray(adv, jnp.float32), "kl_ref": jnp.asarray(kl, jnp.float32)}
+    loss, _, m = align.flow_grpo().apply(out, (), 0)
+    np.testing.assert_allclose(float(loss), expect, rtol=1e-5)
+    np.testing.assert_allclose(float(m["ratio_clipped"]), 0.25)  # only the third row leaves the clip range
+
+
+def _tiny():
+    return functional(MLP(2, (16, 16), activation="silu", time_features=8, rngs=nnx.Rngs(0)))
+
+
+def _batch(n=8, adv=None):
+    x = jax.random.normal(jax.random.key(1), (n, 2))
+    adv = jnp.linspace(-1, 1, n) if adv is None else adv
+    return {"x": x, "y": None, "group": jnp.zeros(n, jnp.int32), "reward": adv, "advantage": adv}
+
+
+def _grad(transform, batch, params, apply_fn, aux, **rows):
+    loss_fn = rl.matching_rows(apply_fn, num_times=3, **rows)
+    g = jax.grad(lambda p: transform.apply(loss_fn(p, batch, jax.random.key(2), aux), (), 0)[0])(params)
+    return [np.asarray(a) for a in jax.tree.leaves(g)]
+
+
+def test_nft_gradient_at_the_old_policy_is_awm_uniform_with_advantage_2r_minus_1():
+    apply_fn, params = _tiny()
+    aux = {"old": params}
+    batch = _batch()
+    for beta in (0.1, 1.0):
+        nft = _grad(align.nft(beta), batch, params, apply_fn, aux)
+        awm = _grad(align.awm(weighting="uniform"), batch, params, apply_fn, aux)
+        for a, b in zip(nft, awm):
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+    # r = 1/2 everywhere (advantage 0): a zero gradient
+    zero = _grad(align.nft(1.0), _batch(adv=jnp.zeros(8)), params, apply_fn, aux)
+    assert max(np.max(np.abs(a)) for a in zero) < 1e-6
+    # r = 1 everywhere: the pretraining gradient (the batch mean of the matching losses)
+    ones = _batch(adv=jnp.ones(8))
+    one = _grad(align.nft(1.0), ones, params, apply_fn, aux)
+    pre = _grad(mean(), ones, params, apply_fn, aux)
+    for a, b in zip(one, pre):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+    assert max(np.max(np.abs(a)) for a in pre) > 1e-3
+    # away from the old policy the proximal term differs from AWM's: the gradients part
+    moved = jax.tree.map(lambda p: p + 0.05, params)
+    a = _grad(align.nft(1.0), batch, moved, apply_fn, aux)
+    b = _grad(align.awm(weighting="uniform"), batch, moved, apply_fn, aux)
+    assert max(np.max(np.abs(x - y)) for x, y in zip(a, b)) > 1e-4
+
+
+def test_flow_grpo_log_prob_against_scipy_and_its_step_tends_to_euler():
+    from scipy.stats import norm
+
+    key = jax.random.key(0)
+    x, v, x_next = (jax.random.normal(jax.random.fold_in(key, i), (4, 3)) for i in range(3))
+    t, t_next = jnp.full(4, 0.7), jnp.full(4, 0.6)
+    mean, std = flow_sde_step_moments(v, x, t, t_next, 0.9, 0.7)
+    expect = norm.logpdf(np.asarray(x_next), loc=np.asarray(mean), scale=np.asarray(std)).mean(-1)
+    np.testing.assert_allclose(rl.gaussian_log_prob(x_next, mean, std), expect, rtol=1e-5)
+    # the sampler's stored log-probabilities are those of the states it drew
+    apply_fn, params = _tiny()
+    x1 = jax.random.normal(jax.random.key(3), (6, 2))
+    _, traj, lps = rl.sample_flow(jax.random.key(4), apply_fn, params, x1, 5, sampler="sde", noisy_last=True)
+    ts = rl.rollout_grid(5)
+    for k in range(5):
+        tb = jnp.full(6, ts[k])
+        m, s = flow_sde_step_moments(apply_fn(params, traj[k], tb), traj[k], tb, jnp.full(6, ts[k + 1]), ts[1], 0.7)
+        want = norm.logpdf(np.asarray(traj[k + 1]), loc=np.asarray(m), scale=np.asarray(s)).mean(-1)
+        np.testing.assert_allclose(lps[k], want, rtol=1e-4, atol=1e-5)
+    # as a -> 0 the SDE step is the Euler step x - dt v, its std 0
+    euler = np.asarray(x) - 0.1 * np.asarray(v)
+    for a in (1e-2, 1e-4):
+        mean, std = flow_sde_step_moments(v, x, t, t_next, 0.9, a)
+        np.testing.assert_allclose(mean, euler, atol=5 * a**2 + 1e-6)
+        assert float(jnp.max(std)) < 2 * a
+    mean, std = flow_sde_step_moments(v, x, t, t_next, 0.9, 0.0)
+    np.testing.assert_allclose(mean, euler, rtol=1e-6, atol=1e-7)
+
+
+def test_pairs_are_best_against_worst_and_tied_groups_form_none():
+    r = jnp.array([0.1, 0.9, 0.5, 0.2, 1.0, 1.0, 1.0, 1.0, 0.3, 0.0, 0.3, 0.7])
+    best, worst, valid = rl.best_worst_pairs(r, 3)
+    np.testing.assert_array_equal(best, [1, 4, 11])
+    np.testing.assert_array_equal(worst, [0, 4, 9])
+    np.testing.assert_array_equal(valid, [True, False, True])
+    # the DPO rows: [chosen; rejected] sharing times and noise, the tied group masked out
+    apply_fn, params = _tiny()
+    x = jax.random.normal(jax.random.key(1), (12, 2))
+    batch = {"x": x, "y": None, "group": jnp.arange(12) // 4, "reward": r, "advantage": r - r.mean()}
+    rows = rl.matching_rows(apply_fn, num_times=2, times="logit_normal", pair_group_size=4)
+    out = rows(params, batch, jax.random.key(2), {"ref": params})
+    np.testing.assert_array_equal(out["reward"][:6], np.repeat(r[np.array([1, 4, 11])], 2))
+    np.testing.assert_array_equal(out["reward"][6:], np.repeat(r[np.array([0, 4, 9])], 2))
+    np.testing.assert_array_equal(out["t"][:6], out["t"][6:])
+    np.testing.assert_array_equal(out["mask"], [1, 1, 0, 0, 1, 1] * 2)
+    # at the reference every implicit reward is 0: DPO's loss is log 2 on the valid pairs only
+    loss, _, _ = align.dpo(100.0).apply(out, (), 0)
+    np.testing.assert_allclose(float(loss), np.log(2.0), rtol=1e-6)
+    # a masked pair changes nothing: perturb the tied group's rows
+    moved = {**out, "per_example": out["per_example"].at[jnp.array([2, 3, 8, 9])].add(5.0)}
+    np.testing.assert_allclose(float(align.dpo(100.0).apply(moved, (), 0)[0]), np.log(2.0), rtol=1e-6)
+
+
+def test_prepare_runs_once_and_minibatches_are_sequential_updates():
+    import optax
+
+    # loss: mean over rows of (w . x - y)^2; prepare doubles x and counts its calls in metrics
+    def loss_fn(params, batch, key):
+        return {"per_example": (batch["x"] @ params["w"] - batch["y"]) ** 2}
+
+    def prepare(params, batch, key, aux):
+        return {"x": 2.0 * batch["x"], "y": batch["y"], "metrics": {"prepared": jnp.sum(params["w"])}}
+
+    opt = optax.sgd(0.1)
+    params = {"w": jnp.array([0.5, -0.2])}
+    x = jax.random.normal(jax.random.key(0), (6, 2))
+    y = jnp.arange(6.0)
+    state = init_train_state(params, opt, jax.random.key(1), ema=False)
+    new, m = make_train_step(loss_fn, opt, prepare=prepare, minibatches=2, ema_decay=0.0)(state, {"x": x, "y": y})
+    w = np.asarray(params["w"], np.float64)
+    for j in (0, 1):  # rows j, j + 2, j + 4, one SGD step each, in order
+        xs, ys = 2 * np.asarray(x)[j::2], np.asarray(y)[j::2]
+        w = w - 0.1 * 2 * xs.T @ (xs @ w - ys) / len(ys)
+    np.testing.assert_allclose(new.params["w"], w, rtol=1e-5)
+    np.testing.assert_allclose(float(m["prepared"]), 0.3, rtol=1e-6)
+    assert int(new.step) == 1
+    with pytest.raises(ValueError, match="minibatches"):
+        make_train_step(loss_fn, opt, minibatches=0)
+
+
+@pytest.mark.parametrize("method", recipes.METHODS)
+def test_every_recipe_trains_on_the_shared_step(method):
+    # one epoch of each recipe on a tiny policy: finite, and the parameters move under a reward
+    apply_fn, params = _tiny()
+    for regime in recipes.REGIMES:
+        r = recipes.recipe(method, regime)
+        a = recipes.build(r, apply_fn, params, lambda x, y: x[:, 0], (2,), samples=16, group_size=4, lr=1e-2)
+        new, m = jax.jit(a.step)(a.state, {})
+        assert not bool(m["nonfinite"])
+        moved = any(not np.array_equal(p, q) for p, q in zip(jax.tree.leaves(params), jax.tree.leaves(new.params)))
+        assert moved, (method, regime)
+        assert a.evals_per_epoch["total"] == a.evals_per_epoch["forward"] + a.evals_per_epoch["backward"] > 0
+        if regime == "equalised":
+            assert dict(r.penalties) == recipes.EQUALISED and "anchor" in new.aux
+        if method == "nft":  # the old policy lags: after one update it sits between the start and the policy
+            d = float(rl.nft_old_decay(1))
+            old = jax.tree.leaves(new.aux["old"])[0]
+            np.testing.assert_allclose(old, d * jax.tree.leaves(params)[0] + (1 - d) * jax.tree.leaves(new.params)[0],
+                                       rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="unknown alignment method"):
+        recipes.recipe("ppo")
+
+
+def test_align_bench_smoke(tmp_path):
+    from diffalign.cli import main
+
+    out = tmp_path / "bench"
+    assert main(["align-bench", "--smoke", "--out", str(out), "--methods", "awm", "flow_grpo", "nft"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["metrics"]["best"]) == {f"{m}/{g}" for m in ("awm", "flow_grpo", "nft") for g in recipes.REGIMES}
+    grid = res["grid"]
+    assert len(grid) == 6 and all("median_final_score" in e and "evals_per_epoch" in e for e in grid)
+    assert (out / "table.md").read_text().startswith("# align-bench, task ring")
+    assert (out / "curves.png").exists() and (out / "front.png").exists()
+    runs = json.loads((out / "runs.json").read_text())
+    assert all(len(r["score_curve"]) == 3 for r in runs)  # evaluated after every epoch
