@@ -56,7 +56,7 @@ def main():
         if stochastic:
             loss_fn, tr = rl.flow_grpo_rows(apply_fn), align.awm(weighting="uniform")
         else:
-            loss_fn, tr = rl.matching_rows(apply_fn), align.awm(beta=1e-3, beta_ema=1.0)
+            loss_fn, tr = rl.matching_rows(rl.flow_matching(apply_fn)), align.awm(beta=1e-3, beta_ema=1.0)
         opt = make_optimizer(1e-3, clip_norm=1.0)
         state = init_train_state(params, opt, key, tr, ema=False, aux=rl.awm_aux(params))
         step = make_train_step(loss_fn, opt, tr, prepare=prepare, aux_update=rl.ema_anchor_update)

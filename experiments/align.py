@@ -183,7 +183,7 @@ def objective(cfg: Config, apply_fn, task: Task):
     prepare = rl.rollout_stage(apply_fn, rollout, task.reward, metrics_fn=task.metrics_fn)
     if stochastic:  # the DDPO baseline: every transition but the deterministic last, on-policy
         return prepare, rl.flow_grpo_rows(apply_fn), align.awm(weighting="uniform")
-    loss_fn = rl.matching_rows(apply_fn, num_times=cfg.num_times)
+    loss_fn = rl.matching_rows(rl.flow_matching(apply_fn), num_times=cfg.num_times)
     if cfg.method == "awm":
         return prepare, loss_fn, align.awm(weighting=cfg.weighting, beta=cfg.beta, beta_ema=cfg.beta_ema)
     if cfg.method == "rwr":

@@ -23,7 +23,7 @@ import numpy as np
 from diffalign import align
 from diffalign.align import rl
 from diffalign.checkpoint import Checkpointer
-from diffalign.graphs.align import awm_graph_loss, qed_reward, qed_scores
+from diffalign.graphs.align import gdss_matching, graph_rollout_stage, qed_reward, qed_scores
 from diffalign.graphs.gdss import build_model, sample_flags, sampler
 from diffalign.training import init_train_state, make_optimizer, make_train_step, train
 
@@ -87,12 +87,13 @@ def run_qm9(cfg, out: str, timer, smoke: bool) -> dict:
         raise ValueError("--task qm9 needs --gdss-run DIR, a `diffalign graphs train --dataset QM9` run")
     model, ref, data = _load_gdss(gdss_run)
     host = qed_reward("QM9")
-    loss_fn = awm_graph_loss(model, data.flags, host, num_samples=cfg.samples_per_epoch, num_times=cfg.num_times,
-                             num_scales=cfg.rollout_steps)
+    prepare = graph_rollout_stage(model, data.flags, host, num_samples=cfg.samples_per_epoch,
+                                  num_scales=cfg.rollout_steps)
+    loss_fn = rl.matching_rows(gdss_matching(model), num_times=cfg.num_times, t_range=(model.gsde.train_eps, 1.0))
     transform = align.awm(weighting=cfg.weighting, beta=cfg.beta, beta_ema=cfg.beta_ema)
     opt = make_optimizer(cfg.lr, clip_norm=cfg.clip_norm)
     state = init_train_state(ref, opt, jax.random.key(cfg.loop.seed), transform, ema=False, aux=rl.awm_aux(ref))
-    step = make_train_step(loss_fn, opt, transform, aux_update=rl.ema_anchor_update)
+    step = make_train_step(loss_fn, opt, transform, prepare=prepare, aux_update=rl.ema_anchor_update)
     rows: list[dict] = []
     workdir = os.path.join(out, "align")
     from diffalign.training import NonFiniteLossError

@@ -72,7 +72,7 @@ def _batch(n=8, adv=None):
 
 
 def _grad(transform, batch, params, apply_fn, aux, **rows):
-    loss_fn = rl.matching_rows(apply_fn, num_times=3, **rows)
+    loss_fn = rl.matching_rows(rl.flow_matching(apply_fn), num_times=3, **rows)
     g = jax.grad(lambda p: transform.apply(loss_fn(p, batch, jax.random.key(2), aux), (), 0)[0])(params)
     return [np.asarray(a) for a in jax.tree.leaves(g)]
 
@@ -142,7 +142,7 @@ def test_pairs_are_best_against_worst_and_tied_groups_form_none():
     apply_fn, params = _tiny()
     x = jax.random.normal(jax.random.key(1), (12, 2))
     batch = {"x": x, "y": None, "group": jnp.arange(12) // 4, "reward": r, "advantage": r - r.mean()}
-    rows = rl.matching_rows(apply_fn, num_times=2, times="logit_normal", pair_group_size=4)
+    rows = rl.matching_rows(rl.flow_matching(apply_fn), num_times=2, times="logit_normal", pair_group_size=4)
     out = rows(params, batch, jax.random.key(2), {"ref": params})
     np.testing.assert_array_equal(out["reward"][:6], np.repeat(r[np.array([1, 4, 11])], 2))
     np.testing.assert_array_equal(out["reward"][6:], np.repeat(r[np.array([0, 4, 9])], 2))
@@ -219,3 +219,48 @@ def test_align_bench_smoke(tmp_path):
     assert (out / "curves.png").exists() and (out / "front.png").exists()
     runs = json.loads((out / "runs.json").read_text())
     assert all(len(r["score_curve"]) == 3 for r in runs)  # evaluated after every epoch
+
+
+def _tiny_gdss():
+    import dataclasses
+
+    from diffalign.graphs.configs import get_config
+    from diffalign.graphs.gdss import build_model
+
+    cfg = dataclasses.replace(get_config("community_small"), max_nodes=5, x_depth=1, x_nhid=4, a_nhid=4, a_layers=2,
+                              a_linears=2, adim=4, c_hid=4, c_final=2, heads=2, batch_size=8)
+    return build_model(cfg, 0)
+
+
+def test_matching_methods_train_gdss_through_its_pretraining_loss():
+    # the graph rows: NFT's gradient at the old policy is AWM-uniform's there too, and every
+    # matching-loss recipe takes one epoch on GDSS through the same step
+    from diffalign.graphs import align as galign
+
+    model = _tiny_gdss()
+    flags = (np.arange(5)[None] < np.array([[3], [4], [5], [5]])).astype(np.float32)
+
+    def host(x, a):  # reward: edge count, all valid
+        return np.asarray(a).sum((1, 2)).astype(np.float32) / 10.0, np.ones(len(a), np.float32)
+
+    prepare = galign.graph_rollout_stage(model, flags, host, num_samples=8, group_size=4, num_scales=3)
+    batch = prepare(model.params, {}, jax.random.key(1))
+    assert batch["advantage"].shape == (8,) and float(jnp.max(jnp.abs(batch["advantage"]))) <= 1.0
+    rows = rl.matching_rows(galign.gdss_matching(model), num_times=2, t_range=(model.gsde.train_eps, 1.0))
+    aux = {"old": model.params}
+
+    def grad(tr):
+        g = jax.grad(lambda p: tr.apply(rows(p, batch, jax.random.key(2), aux), (), 0)[0])(model.params)
+        return [np.asarray(a) for a in jax.tree.leaves(g)]
+
+    for a, b in zip(grad(align.nft(0.5)), grad(align.awm(weighting="uniform"))):
+        np.testing.assert_allclose(a, b, rtol=5e-4, atol=1e-6)
+    for method in ("awm", "nft", "dpo", "kto", "rwr"):
+        a = galign.build(recipes.recipe(method), model, model.params, flags, host, samples=8, group_size=4, lr=1e-2,
+                         rollout_steps=3, num_times=2)
+        new, m = jax.jit(a.step)(a.state, {})
+        assert not bool(m["nonfinite"]), method
+        assert any(not np.array_equal(p, q) for p, q in zip(jax.tree.leaves(model.params), jax.tree.leaves(new.params)))
+    with pytest.raises(NotImplementedError, match="log-probabilities"):
+        galign.build(recipes.recipe("flow_grpo"), model, model.params, flags, host, samples=8, group_size=4, lr=1e-2,
+                     rollout_steps=3)

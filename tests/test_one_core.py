@@ -191,7 +191,7 @@ def test_awm_with_unit_advantages_is_the_pretraining_gradient_on_a_cosine_path()
     apply_fn, params = functional(MLP(2, (32, 32), rngs=nnx.Rngs(0)))
     data = jax.random.normal(jax.random.key(5), (8, 2))
     path, k = CosinePath(), 3
-    loss = rl.matching_rows(apply_fn, num_times=k, path=path)
+    loss = rl.matching_rows(rl.flow_matching(apply_fn, path), num_times=k)
     batch = {"x": data, "y": None, "group": jnp.zeros(8, jnp.int32), "reward": jnp.zeros(8), "advantage": jnp.ones(8)}
     key = jax.random.key(9)
     # the rows AWM draws: K stratified times shared by the batch, fresh noise per row
@@ -241,58 +241,41 @@ def _graph_batch(n=8, nodes=6, feat=None, key=jax.random.key(4)):
 def test_graph_awm_with_unit_advantages_is_gdss_pretraining_gradient():
     import jax.numpy as jnp
 
-    from diffalign.align import awm
-    from diffalign.graphs.align import awm_graph_loss
+    from diffalign.align import awm, rl
+    from diffalign.graphs.align import gdss_matching, graph_rollout_stage
     from diffalign.graphs.system import gdss_loss
     from diffalign.losses import mean
+    from diffalign.losses.common import stratified_times
 
     model = _tiny_gdss()
     _, flags = _graph_batch(feat=model.config.max_feat)
     n, k = 4, 2
     zeros = lambda x, a: (np.zeros(n, np.float32), np.ones(n, np.float32))  # noqa: E731
-    loss = awm_graph_loss(model, flags, zeros, num_samples=n, num_times=k, num_scales=3)
+    prepare = graph_rollout_stage(model, flags, zeros, num_samples=n, num_scales=3)
+    batch = prepare(model.params, {}, jax.random.key(1))
+    loss = rl.matching_rows(gdss_matching(model), num_times=k, t_range=(model.gsde.train_eps, 1.0))
     key = jax.random.key(2)
-    out0 = loss(model.params, {}, key)  # the rows: the sampled graphs repeated k times
-    # rebuild the same rows from the draws AWM makes (its sampler's graphs are read off out0)
+    out0 = loss(model.params, batch, key)
+    # the same rows through the pretraining loss: the sampled molecules repeated k times, the
+    # stratified times and the masked noise the rows draw
+    k_t, k_eps = jax.random.split(key)
+    rows = {"x": jnp.repeat(batch["x"], k, axis=0), "adj": jnp.repeat(batch["adj"], k, axis=0),
+            "t": jnp.tile(stratified_times(k_t, k, model.gsde.train_eps, 1.0), n)}
+    rows.update(gdss_matching(model).noise(k_eps, rows))
     pretrain = gdss_loss(model.gsde, model.apply_x, model.apply_a)
-    k_fl, k_s, k_t, k_n, k_d = jax.random.split(key, 5)
 
     def awm_objective(p):
-        out = {**loss(p, {}, key), "advantage": jnp.ones(n * k)}
+        out = {**loss(p, batch, key), "advantage": jnp.ones(n * k)}
         return awm(weighting="uniform").apply(out, (), 0)[0]
 
-    # the same graphs and times through the pretraining loss: AWM's rows call it with (graphs, t, k_n)
-    rows = _awm_graph_rows(model, flags, n, k, key)
-
     def pretrain_objective(p):
-        return mean().apply(pretrain(p, rows, k_n), (), 0)[0]
+        return mean().apply(pretrain(p, rows, k_eps), (), 0)[0]
 
     np.testing.assert_array_equal(np.asarray(out0["t"]), np.asarray(rows["t"]))
     a, b = _grads(awm_objective, model.params), _grads(pretrain_objective, model.params)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))  # bit for bit
     assert max(np.max(np.abs(x)) for x in a) > 0
 
-
-def _awm_graph_rows(model, train_flags, n, k, key):
-    """The graphs and times graph AWM trains on for ``key`` (its sampler, quantized, repeated)."""
-    import jax.numpy as jnp
-
-    from diffalign.graphs.align import quantize_jax
-    from diffalign.graphs.gdss import score_fns
-    from diffalign.losses.common import stratified_times
-    from diffalign.sampling.graph import sample_graphs
-    import dataclasses
-
-    cfg = model.config
-    gsde = dataclasses.replace(model.gsde, num_scales=3)
-    k_fl, k_s, k_t, _, _ = jax.random.split(key, 5)
-    fl = jnp.asarray(train_flags)[jax.random.randint(k_fl, (n,), 0, train_flags.shape[0])]
-    sx, sa = score_fns(model, model.params)
-    x, adj = sample_graphs(k_s, gsde, sx, sa, fl, cfg.max_feat, solver=cfg.solver, predictor=cfg.predictor,
-                           corrector=cfg.corrector, snr=cfg.snr, scale_eps=cfg.scale_eps)
-    x0, a0 = quantize_jax(x, adj)
-    return {"x": jnp.repeat(x0, k, axis=0), "adj": jnp.repeat(a0, k, axis=0),
-            "t": jnp.tile(stratified_times(k_t, k, model.gsde.train_eps, 1.0), n)}
 
 
 def test_a_gdss_step_with_accumulate_2_equals_the_full_batch():

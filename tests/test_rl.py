@@ -61,7 +61,7 @@ def _setup(reward_fn, method="awm", transform=None, lr=1e-2):
     if method == "ddpo":
         loss_fn, tr = rl.flow_grpo_rows(apply_fn), align.awm(weighting="uniform")
     else:
-        loss_fn, tr = rl.matching_rows(apply_fn, num_times=3), transform or align.awm()
+        loss_fn, tr = rl.matching_rows(rl.flow_matching(apply_fn), num_times=3), transform or align.awm()
     opt = make_optimizer(lr, clip_norm=1.0)
     state = init_train_state(params, opt, jax.random.key(3), tr, ema=False, aux=rl.awm_aux(params))
     return state, make_train_step(loss_fn, opt, tr, prepare=prepare, aux_update=rl.ema_anchor_update)
@@ -86,7 +86,7 @@ def test_awm_rows_share_times_and_carry_reference_gaps():
     apply_fn, params = functional(MLP(2, (16,), rngs=nnx.Rngs(0)))
     prepare = rl.rollout_stage(apply_fn, rl.flow_rollout(4, (2,), steps=3), lambda x, y: x[:, 0])
     batch = prepare(params, {}, jax.random.key(1), rl.awm_aux(params))
-    out = rl.matching_rows(apply_fn, num_times=6)(params, batch, jax.random.key(0), rl.awm_aux(params))
+    out = rl.matching_rows(rl.flow_matching(apply_fn), num_times=6)(params, batch, jax.random.key(0), rl.awm_aux(params))
     t = np.asarray(out["t"]).reshape(4, 6)
     np.testing.assert_array_equal(t, np.broadcast_to(t[0], t.shape))  # times shared by the batch
     assert np.all(np.diff(t[0]) > 0) and np.all(np.floor((t[0] - 0.02) / (0.96 / 6)) == np.arange(6))  # stratified
@@ -101,7 +101,7 @@ def test_alignment_run_resumes_bit_identically(tmp_path):
         tr = losses.with_rewards(align.lagrangian(threshold=0.0, rate=0.1), then=align.awm(beta=1e-3, beta_ema=1.0))
         apply_fn, params = functional(MLP(2, (32, 32), activation="silu", time_features=8, rngs=nnx.Rngs(0)))
         prepare = rl.rollout_stage(apply_fn, rl.flow_rollout(16, (2,), steps=4), lambda x, y: x[:, 0])
-        base = rl.matching_rows(apply_fn, num_times=2)
+        base = rl.matching_rows(rl.flow_matching(apply_fn), num_times=2)
 
         def loss_fn(params, batch, key, aux):
             out = base(params, batch, key, aux)
@@ -138,7 +138,7 @@ def test_lora_adapters_start_at_the_base_model_and_train_alone():
     assert len(ad) == 3 and n_ad < n_base  # every weight matrix (2 hidden + output), not the biases
     # one AWM epoch on the adapters: the reference (aux) is the base model; B moves, outputs change
     prepare = rl.rollout_stage(adapted, rl.flow_rollout(16, (2,), steps=4), lambda x, y: x[:, 0])
-    loss_fn = rl.matching_rows(adapted, num_times=2)
+    loss_fn = rl.matching_rows(rl.flow_matching(adapted), num_times=2)
     tr = align.awm(beta=1e-3, beta_ema=1.0)
     opt = make_optimizer(1e-2, clip_norm=1.0)
     state = init_train_state(ad, opt, jax.random.key(3), tr, ema=False, aux=rl.awm_aux(ad))

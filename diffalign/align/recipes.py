@@ -142,21 +142,13 @@ def _labelled(loss_fn):
     return labelled
 
 
-def build(r: Recipe, apply_fn: Callable, params, reward_fn: Callable, shape: tuple[int, ...], *, samples: int,
-          group_size: int, lr: float, seed: int = 0, clip_norm: float = 1.0,
-          metrics_fn: Callable | None = None) -> Aligner:
-    """One epoch of ``r`` as a training step, and its initial state (the policy and every frozen
-    set at ``params``). ``samples`` rollouts per epoch in pseudo-groups of ``group_size``."""
-    rollout = rl.flow_rollout(samples, shape, steps=r.rollout_steps, sampler=r.sampler, noisy_last=r.noisy_last,
-                              group_size=group_size)
-    prepare = rl.rollout_stage(apply_fn, rollout, reward_fn, policy=r.policy, metrics_fn=metrics_fn)
-    if r.rows == "flow_grpo":
-        loss_fn = rl.flow_grpo_rows(apply_fn, train_steps=r.train_steps)
-        rows = samples * (r.train_steps or r.rollout_steps - 1)
-    else:
-        loss_fn = rl.matching_rows(apply_fn, num_times=r.num_times, times=r.times, grid_steps=r.grid_steps,
-                                   pair_group_size=group_size if r.pairs else 0)
-        rows = (2 * samples // group_size if r.pairs else samples) * r.num_times
+def assemble(r: Recipe, prepare: Callable, loss_fn: Callable, params, *, rows: int, rollout_evals: int, lr: float,
+             seed: int = 0, clip_norm: float = 1.0) -> Aligner:
+    """The step and initial state of ``r`` from its rollout stage and rows function (any model
+    family): the frozen sets the recipe needs in ``aux`` (all at ``params``), their lagged
+    updates, the transform, Adam with a clipped gradient norm, ``r.minibatches`` updates per
+    epoch; and the epoch's network passes (``rows`` policy rows, ``rollout_evals`` rollout
+    forwards)."""
     if r.method == "kto":
         loss_fn = _labelled(loss_fn)
     frozen = r.frozen
@@ -167,7 +159,31 @@ def build(r: Recipe, apply_fn: Callable, params, reward_fn: Callable, shape: tup
     step = make_train_step(loss_fn, opt, tr, prepare=prepare, minibatches=r.minibatches,
                            aux_update=rl.lagged_update(**lag) if lag else None)
     state = init_train_state(params, opt, jax.random.key(seed), tr, ema=False, aux=aux)
-    rollout_evals = samples * r.rollout_steps
     forward = rollout_evals + rows * (1 + len(frozen))
     evals = {"rollout": rollout_evals, "rows": rows, "forward": forward, "backward": rows, "total": forward + rows}
     return Aligner(step, state, r, evals)
+
+
+def matching_row_count(r: Recipe, samples: int, group_size: int) -> int:
+    """Policy rows per epoch of a matching-loss recipe: K per sample, or per paired sample."""
+    return (2 * samples // group_size if r.pairs else samples) * r.num_times
+
+
+def build(r: Recipe, apply_fn: Callable, params, reward_fn: Callable, shape: tuple[int, ...], *, samples: int,
+          group_size: int, lr: float, seed: int = 0, clip_norm: float = 1.0,
+          metrics_fn: Callable | None = None) -> Aligner:
+    """One epoch of ``r`` on a flow model as a training step, and its initial state (the policy
+    and every frozen set at ``params``). ``samples`` rollouts per epoch in pseudo-groups of
+    ``group_size``."""
+    rollout = rl.flow_rollout(samples, shape, steps=r.rollout_steps, sampler=r.sampler, noisy_last=r.noisy_last,
+                              group_size=group_size)
+    prepare = rl.rollout_stage(apply_fn, rollout, reward_fn, policy=r.policy, metrics_fn=metrics_fn)
+    if r.rows == "flow_grpo":
+        loss_fn = rl.flow_grpo_rows(apply_fn, train_steps=r.train_steps)
+        rows = samples * (r.train_steps or r.rollout_steps - 1)
+    else:
+        loss_fn = rl.matching_rows(rl.flow_matching(apply_fn), num_times=r.num_times, times=r.times,
+                                   grid_steps=r.grid_steps, pair_group_size=group_size if r.pairs else 0)
+        rows = matching_row_count(r, samples, group_size)
+    return assemble(r, prepare, loss_fn, params, rows=rows, rollout_evals=samples * r.rollout_steps, lr=lr, seed=seed,
+                    clip_norm=clip_norm)

@@ -17,7 +17,8 @@ Time runs from data (t = 0) to noise (t = 1) on the rectified-flow path
 x_t = (1 - t) x0 + t eps, velocity target eps - x0 (SD3's convention, the papers' notation).
 
 * ``matching_rows``: each clean sample re-noised at K times with fresh noise; the row's loss
-  is the pretraining flow-matching loss itself. With ``pair_group_size`` each group's best and worst
+  is the model family's pretraining loss itself (``Matching``: ``flow_matching`` for flows,
+  ``graphs.align.gdss_matching`` for GDSS). With ``pair_group_size`` each group's best and worst
   samples are stacked [chosen; rejected] with shared (t, noise), as Diffusion-DPO's code does.
 * ``flow_grpo_rows``: per-step Gaussian log-probabilities of the stored transitions of
   Flow-GRPO's SDE, with the log-probabilities stored at rollout (the PPO ratio's old side).
@@ -31,7 +32,7 @@ each one present at the same rows and reports ``drift_<name>`` (squared velocity
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -188,35 +189,68 @@ def best_worst_pairs(reward, num_groups: int):
     return best, worst, reward[best] > reward[worst]
 
 
-def _times(key, kind, n_samples, k, t_range, grid_steps, dtype):
-    """(n_samples * k,) sample-major row times."""
-    if kind == "stratified":  # K stratified times shared by the batch (AWM)
-        return jnp.tile(stratified_times(key, k, *t_range), n_samples).astype(dtype)
-    if kind == "grid":  # K of the rollout grid's times per sample, without replacement, t = 1 included (NFT)
+class Matching(NamedTuple):
+    """A model family's pretraining loss, as the rows of every matching-loss method need it.
+
+    ``loss(params, rows, key) -> {"per_example", "prediction"}`` evaluates the loss at given
+    rows (samples, times ``"t"`` and noise), ``noise(key, rows) -> dict`` draws the noise entries
+    it reads, ``gap(a, b) -> (rows,)`` is the squared norm ``per_example`` uses, applied to two
+    predictions (so NFT's identity holds exactly), ``sample_keys`` are the batch's per-sample
+    entries the rows repeat, and times are kept >= ``t_min``. ``flow_matching`` is the flows';
+    ``graphs.align.gdss_matching`` GDSS's."""
+
+    loss: Callable
+    noise: Callable
+    gap: Callable
+    sample_keys: tuple[str, ...] = ("x", "y")
+    t_min: float = 0.0
+
+
+def flow_matching(apply_fn: Callable, path: AffinePath = LinearPath()) -> Matching:
+    """``losses.flow_matching_loss`` on ``path`` (per-dimension mean), noise ``x_source``."""
+    return Matching(flow_matching_loss(apply_fn, path=path),
+                    lambda key, rows: {"x_source": jax.random.normal(key, rows["x"].shape, rows["x"].dtype)}, _sq)
+
+
+def row_times(key, kind: str, n_samples: int, k: int, t_range, grid_steps: int, dtype, t_min: float = 0.0):
+    """(n_samples * k,) sample-major row times: ``"stratified"`` (K stratified times in
+    ``t_range`` shared by the batch, AWM), ``"grid"`` (K of the ``grid_steps``-step rollout
+    grid's times per sample, without replacement, t = 1 included, DiffusionNFT) or
+    ``"logit_normal"`` (sigmoid of N(0, 1) per row, Flow-GRPO's DPO), at least ``t_min``."""
+    if kind == "stratified":
+        t = jnp.tile(stratified_times(key, k, *t_range), n_samples)
+    elif kind == "grid":
         grid = rollout_grid(grid_steps)[:-1]
         pick = jax.vmap(lambda kk: jax.random.permutation(kk, grid_steps)[:k])(jax.random.split(key, n_samples))
-        return grid[pick].reshape(-1).astype(dtype)
-    return jax.nn.sigmoid(jax.random.normal(key, (n_samples * k,))).astype(dtype)  # logit-normal(0, 1) (DPO)
+        t = grid[pick].reshape(-1)
+    elif kind == "logit_normal":
+        t = jax.nn.sigmoid(jax.random.normal(key, (n_samples * k,)))
+    else:
+        raise ValueError(f"unknown time sampling {kind!r}; expected one of {TIMES}")
+    return jnp.maximum(t, t_min).astype(dtype)
 
 
-def matching_rows(apply_fn: Callable, *, num_times: int = 6, times: str = "stratified",
-                  t_range: tuple[float, float] = (0.02, 0.98), grid_steps: int = 10, pair_group_size: int = 0,
-                  path: AffinePath = LinearPath()) -> Callable:
+def matching_rows(matching: Matching, *, num_times: int = 6, times: str = "stratified",
+                  t_range: tuple[float, float] = (0.02, 0.98), grid_steps: int = 10,
+                  pair_group_size: int = 0) -> Callable:
     """Rows of the pretraining loss on the rollout batch, for AWM, DiffusionNFT, RWR, KTO, DPO.
 
-    ``loss_fn(params, batch, key, aux=None)`` re-noises every sample (``batch["x"]``) at
-    ``num_times`` times with fresh noise per row. ``times``: ``"stratified"`` (K times in
-    ``t_range`` shared by the batch, AWM), ``"grid"`` (K of the ``grid_steps``-step rollout grid's
-    times per sample without replacement, DiffusionNFT), ``"logit_normal"`` (a time per row,
-    Flow-GRPO's DPO). Each row's loss is ``losses.flow_matching_loss`` on ``path``, so with unit
-    weights the gradient is the pretraining gradient by construction. Rows are sample-major and
-    carry the sample's ``reward``, ``advantage`` and ``group``, the time ``t``, and for each frozen
-    set in ``aux`` its ``drift_<name>`` and ``<name>_loss`` at the same draws.
+    ``loss_fn(params, batch, key, aux=None)`` re-noises every sample (``batch[k]`` for the
+    ``matching.sample_keys``) at ``num_times`` times (``row_times``) with fresh noise per row.
+    Each row's loss is the family's pretraining loss (``matching.loss``; ``flow_matching(apply_fn)``
+    for flows), so with unit weights the gradient is the pretraining gradient by construction.
+    Rows are sample-major and carry the sample's ``reward``, ``advantage`` and ``group``, the
+    time ``t``, and for each frozen set in ``aux`` its ``drift_<name>`` and ``<name>_loss`` at
+    the same draws.
 
     With ``pair_group_size`` = G > 0 the rows are ``[chosen; rejected]``: the best and worst
     sample of each group of G (``best_worst_pairs``; a rollout's groups), the pair sharing its
-    times and noise; a group of tied rewards is masked out (``mask`` 0 on both its rows, read by ``dpo``).
+    times and noise; a group of tied rewards is masked out (``mask`` 0 on both its rows, read by
+    ``dpo``).
     """
+    if not isinstance(matching, Matching):
+        raise TypeError(f"matching_rows takes a rl.Matching (rl.flow_matching(apply_fn) for flows), got "
+                        f"{type(matching).__name__}")
     if times not in TIMES:
         raise ValueError(f"unknown time sampling {times!r}; expected one of {TIMES}")
     if pair_group_size == 1 or pair_group_size < 0:
@@ -224,39 +258,42 @@ def matching_rows(apply_fn: Callable, *, num_times: int = 6, times: str = "strat
     pairs = pair_group_size > 0
     if num_times < 1 or (times == "grid" and num_times > grid_steps):
         raise ValueError(f"num_times must be in [1, grid_steps] (grid) or >= 1, got {num_times}")
-    matching = flow_matching_loss(apply_fn, path=path)
 
     def loss_fn(params, batch, key, aux=None):
         k_t, k_eps = jax.random.split(key)
-        x0, y = batch["x"], batch.get("y")
+        k_loss = k_eps  # the losses read their noise from the rows; the key is passed through
+        samples = {k: batch[k] for k in matching.sample_keys if batch.get(k) is not None}
         per_sample = {"reward": batch["reward"], "advantage": batch["advantage"], "group": batch["group"]}
+        n = batch["reward"].shape[0]
         mask = None
         if pairs:
-            if x0.shape[0] % pair_group_size:
-                raise ValueError(f"{x0.shape[0]} samples are not whole groups of {pair_group_size}")
-            num_groups = x0.shape[0] // pair_group_size
-            best, worst, valid = best_worst_pairs(batch["reward"], num_groups)
+            if n % pair_group_size:
+                raise ValueError(f"{n} samples are not whole groups of {pair_group_size}")
+            best, worst, valid = best_worst_pairs(batch["reward"], n // pair_group_size)
             idx = jnp.concatenate([best, worst])
-            x0, y = x0[idx], None if y is None else y[idx]
+            samples = {k: v[idx] for k, v in samples.items()}
             per_sample = {k: v[idx] for k, v in per_sample.items()}
-            mask = jnp.tile(valid, 2).astype(x0.dtype)
-        n, k = x0.shape[0], num_times
-        half = n // 2 if pairs else n  # pairs share their draws: draw for the chosen half, repeat
-        t = _times(k_t, times, half, k, t_range, grid_steps, x0.dtype)
-        eps = jax.random.normal(k_eps, (half * k, *x0.shape[1:]), x0.dtype)
+            mask = jnp.tile(valid, 2).astype(jnp.float32)
+            n = idx.shape[0]
+        k = num_times
+        half = n // 2 if pairs else n  # a pair shares its draws: draw for the chosen half, repeat
+        dtype = samples["x"].dtype
+        t = row_times(k_t, times, half, k, t_range, grid_steps, dtype, matching.t_min)
+        rows = {name: jnp.repeat(v, k, axis=0) for name, v in samples.items()}
+        noise = matching.noise(k_eps, {name: v[: half * k] for name, v in rows.items()})
         if pairs:
-            t, eps = jnp.tile(t, 2), jnp.tile(eps, (2,) + (1,) * (eps.ndim - 1))
-        rows = {"x": jnp.repeat(x0, k, axis=0), "x_source": eps, "t": t}
-        if y is not None:
-            rows["y"] = jnp.repeat(y, k, axis=0)
-        fm = matching(params, rows, k_eps)
-        out = {"per_example": fm["per_example"], "t": t, **{n_: jnp.repeat(v, k, axis=0) for n_, v in per_sample.items()}}
+            t = jnp.tile(t, 2)
+            noise = {name: jnp.concatenate([v, v]) for name, v in noise.items()}
+        rows = {**rows, **noise, "t": t}
+        fit = matching.loss(params, rows, k_loss)
+        out = {"per_example": fit["per_example"], "t": t,
+               **{name: jnp.repeat(v, k, axis=0) for name, v in per_sample.items()}}
         if mask is not None:
             out["mask"] = jnp.repeat(mask, k)
         for name, tag in FROZEN.items():
             if aux is not None and name in aux:
-                frozen = matching(aux[name], rows, k_eps)
-                out[f"drift_{tag}"] = _sq(fm["prediction"], frozen["prediction"])
+                frozen = matching.loss(aux[name], rows, k_loss)
+                out[f"drift_{tag}"] = matching.gap(fit["prediction"], frozen["prediction"])
                 out[f"{tag}_loss"] = frozen["per_example"]
         return out
 

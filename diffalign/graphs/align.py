@@ -1,12 +1,13 @@
-"""AWM for GDSS: a graph diffusion model fine-tuned on its own molecules with a reward.
+"""Reward alignment of GDSS: a graph diffusion model fine-tuned on its own molecules.
 
-The same recipe as ``align.rl.matching_rows`` for flows, with the score model's own pretraining loss:
-each epoch samples molecules with the model's sampler (no gradient), quantizes them to atom
-types and bond orders (what the reward and the training data see), scores them on the host
-(RDKit, through ``jax.pure_callback``), then re-noises every molecule at K stratified times
-with fresh noise and returns per-row GDSS losses 1/2 ||sigma s_X + z_X||^2 + 1/2 ||sigma s_A + z_A||^2
-for the ``awm`` transform, with the gaps to the frozen reference and to the EMA anchor
-(1/2 ||sigma s - sigma s_ref||^2, the same scale) at the same draws.
+The flows' structure with the score model's own pretraining loss: ``graph_rollout_stage`` (the
+step's ``prepare``) samples molecules with the model's sampler (no gradient), quantizes them to
+atom types and bond orders (what the reward and the training data see), scores them on the host
+(RDKit, through ``jax.pure_callback``) and forms group advantages; ``rl.matching_rows`` on
+``gdss_matching(model)`` re-noises every molecule with fresh noise and returns per-row GDSS
+losses 1/2 ||sigma s_X + z_X||^2 + 1/2 ||sigma s_A + z_A||^2 with the gaps to the frozen sets
+(1/2 ||sigma s - sigma s_ref||^2, the same scale) at the same draws, for any matching-loss
+transform (``awm``, ``nft``, ``rwr``, ``kto``, ``dpo``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..losses.common import stratified_times
+from ..align import rl
+from ..align.awm import group_advantages
+from ..sampling.graph import sample_graphs, sym_noise, x_noise
 from .gdss import GDSSModel, score_fns
-from ..sampling.graph import sample_graphs
 from .system import gdss_loss, half_sq, node_flags, perturb, scaled_scores
 
 
@@ -70,56 +72,104 @@ def qed_reward(dataset: str) -> Callable:
     return fn
 
 
-def awm_graph_loss(model: GDSSModel, train_flags, reward_host: Callable, *, num_samples: int, num_times: int = 6,
-                   sampler_kw: dict | None = None, num_scales: int | None = None, drift_t: float = 0.5) -> Callable:
-    """``loss_fn(params, batch, key, aux)`` for ``make_train_step`` with the ``awm`` transform.
+def gdss_matching(model: GDSSModel) -> rl.Matching:
+    """GDSS's pretraining loss as ``align.rl.Matching``: rows ``{"x", "adj", "t"}`` with masked
+    noise ``noise_x`` and symmetric ``noise_a``, per-row loss 1/2 ||sigma s_X + z_X||^2 +
+    1/2 ||sigma s_A + z_A||^2, prediction (sigma s_X, sigma s_A), gap the same 1/2 squared norm;
+    times in [train_eps, 1]. Every matching-loss method (AWM, DiffusionNFT, RWR, KTO, DPO) then
+    trains GDSS through ``rl.matching_rows`` exactly as it trains a flow."""
+    gsde = model.gsde
+    loss = gdss_loss(gsde, model.apply_x, model.apply_a)
 
-    ``num_samples`` molecules per epoch (one group; node counts drawn from ``train_flags`` as
-    GDSS samples), ``num_times`` re-noising times stratified over [train_eps, 1] and shared by
-    the batch; ``sampler_kw`` overrides the config's sampler (solver, predictor, ...) and
-    ``num_scales`` its number of steps (AWM trains on final samples only, so rollouts may be
-    cheaper than the evaluation sampler)."""
+    def fit(params, rows, key):
+        out = loss(params, rows, key)
+        return {"per_example": out["per_example"], "prediction": out["scaled_scores"]}
+
+    def noise(key, rows):
+        kx, ka = jax.random.split(key)
+        flags = node_flags(rows["adj"])
+        return {"noise_x": x_noise(kx, rows["x"].shape, flags, rows["x"].dtype),
+                "noise_a": sym_noise(ka, rows["adj"].shape, flags, rows["adj"].dtype)}
+
+    def gap(a, b):
+        return half_sq(a[0] - b[0]) + half_sq(a[1] - b[1])
+
+    return rl.Matching(fit, noise, gap, ("x", "adj"), gsde.train_eps)
+
+
+def graph_rollout_stage(model: GDSSModel, train_flags, reward_host: Callable, *, num_samples: int,
+                        group_size: int | None = None, policy: str = "params", sampler_kw: dict | None = None,
+                        num_scales: int | None = None, drift_t: float = 0.5) -> Callable:
+    """The ``prepare`` of a GDSS alignment step (``rl.rollout_stage`` for graphs).
+
+    ``num_samples`` molecules per epoch from the model's sampler (no gradient; node counts drawn
+    from ``train_flags`` as GDSS samples; ``sampler_kw`` overrides the config's solver,
+    predictor, ..., ``num_scales`` its number of steps), by the current parameters or
+    ``aux["old"]``; quantized (``quantize_jax``) and scored on the host through
+    ``jax.pure_callback`` (``reward_host(x, adj) -> (reward, valid)``); group advantages over
+    pseudo-groups of ``group_size`` (default: one group). Reports the mean reward, validity
+    without correction, atoms per molecule and, with ``aux["ref"]``, the drift
+    E 1/2 ||sigma s - sigma s_ref||^2 at t = ``drift_t``.
+    """
     cfg, gsde = model.config, model.gsde
     if num_scales is not None:
         gsde = dataclasses.replace(gsde, num_scales=num_scales)
+    group_size = group_size or num_samples
+    if group_size < 2 or num_samples % group_size:
+        raise ValueError(f"group_size must be >= 2 and divide the {num_samples} samples, got {group_size}")
     train_flags = jnp.asarray(train_flags)
     kw = dict(solver=cfg.solver, predictor=cfg.predictor, corrector=cfg.corrector, snr=cfg.snr,
               scale_eps=cfg.scale_eps)
     kw.update(sampler_kw or {})
     ax, aa = model.apply_x, model.apply_a
-    loss = gdss_loss(gsde, ax, aa)
     shapes = (jax.ShapeDtypeStruct((num_samples,), jnp.float32),) * 2
 
-    def loss_fn(params, batch, key, aux=None):
-        k_fl, k_s, k_t, k_n, k_d = jax.random.split(key, 5)
-        frozen = jax.lax.stop_gradient(params)
+    def prepare(params, batch, key, aux=None):
+        del batch
+        k_fl, k_s, k_d = jax.random.split(key, 3)
+        if policy == "old" and (aux is None or "old" not in aux):
+            raise KeyError("rollouts with policy='old' need aux['old'] (the lagged policy)")
+        sampler_params = params if policy == "params" else aux["old"]
         fl = train_flags[jax.random.randint(k_fl, (num_samples,), 0, train_flags.shape[0])]
-        sx, sa = score_fns(model, frozen)
+        sx, sa = score_fns(model, sampler_params)
         x, adj = sample_graphs(k_s, gsde, sx, sa, fl, cfg.max_feat, **kw)
         x0, a0 = quantize_jax(x, adj)
         reward, valid = jax.pure_callback(reward_host, shapes, x0, a0)
-        rows = lambda v: jnp.repeat(v, num_times, axis=0)  # noqa: E731
-        xr, ar = rows(x0), rows(a0)
-        t = jnp.tile(stratified_times(k_t, num_times, gsde.train_eps, 1.0), num_samples)
-        graphs = {"x": xr, "adj": ar, "t": t}
-        fit = loss(params, graphs, k_n)  # the pretraining loss at these graphs, times and noise
-        px, pa = fit["scaled_scores"]
-        out = {"per_example": fit["per_example"], "t": t, "reward": rows(reward)}
+        group = jnp.arange(num_samples) // group_size
         metrics = {"reward": jnp.mean(reward), "valid_wo_correction": jnp.mean(valid),
                    "atoms": jnp.mean(jnp.sum(x0.any(-1), -1).astype(jnp.float32))}
-        if aux is not None:
-            rx, ra = loss(aux["ref"], graphs, k_n)["scaled_scores"]
-            out["drift_ref"] = half_sq(px - rx) + half_sq(pa - ra)
-            ex, ea = loss(aux["anchor"], graphs, k_n)["scaled_scores"]
-            out["drift_ema"] = half_sq(px - ex) + half_sq(pa - ea)
-            # drift at t = drift_t on this epoch's molecules, current parameters against the reference
+        if aux is not None and "ref" in aux:
             f0 = node_flags(a0)
             td = jnp.full((num_samples,), drift_t)
             xd, ad, _, _ = perturb(gsde, k_d, x0, a0, f0, td)
-            cx, ca = scaled_scores(gsde, ax, aa, frozen, xd, ad, f0, td)
+            cx, ca = scaled_scores(gsde, ax, aa, params, xd, ad, f0, td)
             qx, qa = scaled_scores(gsde, ax, aa, aux["ref"], xd, ad, f0, td)
             metrics["drift"] = jnp.mean(half_sq(cx - qx) + half_sq(ca - qa))
-        out["metrics"] = metrics
-        return out
+        return {"x": x0, "adj": a0, "reward": reward, "valid": valid, "group": group,
+                "advantage": group_advantages(reward, group, num_samples), "metrics": metrics}
 
-    return loss_fn
+    return prepare
+
+
+def build(r, model: GDSSModel, params, train_flags, reward_host: Callable, *, samples: int, group_size: int,
+          lr: float, rollout_steps: int, seed: int = 0, clip_norm: float = 1.0, num_times: int | None = None):
+    """One epoch of an alignment recipe (``align.recipes.recipe``) on a GDSS model: the graph
+    rollout stage (the model's own sampler at ``rollout_steps`` steps for every method; the old
+    policy samples for DiffusionNFT), ``rl.matching_rows`` on ``gdss_matching`` with the recipe's
+    times (over [train_eps, 1]) and pairs, and the recipe's transform, regularisers and lags
+    (``recipes.assemble``). Flow-GRPO's per-step log-probabilities of the graph sampler are not
+    built: asking for it is an error."""
+    from ..align import recipes
+
+    if r.rows != "matching":
+        raise NotImplementedError(f"{r.method} on GDSS needs per-step log-probabilities of the graph sampler, "
+                                  "which are not built; the matching-loss methods (awm, nft, dpo, kto, rwr) run")
+    if num_times is not None:
+        r = dataclasses.replace(r, num_times=num_times)
+    prepare = graph_rollout_stage(model, train_flags, reward_host, num_samples=samples, group_size=group_size,
+                                  policy=r.policy, num_scales=rollout_steps)
+    loss_fn = rl.matching_rows(gdss_matching(model), num_times=r.num_times, times=r.times, grid_steps=r.grid_steps,
+                               t_range=(model.gsde.train_eps, 1.0), pair_group_size=group_size if r.pairs else 0)
+    return recipes.assemble(r, prepare, loss_fn, params, rows=recipes.matching_row_count(r, samples, group_size),
+                            rollout_evals=samples * rollout_steps * (2 if model.config.corrector != "none" else 1),
+                            lr=lr, seed=seed, clip_norm=clip_norm)
