@@ -43,6 +43,18 @@ def test_nft_loss_matches_a_hand_computation_on_vectors():
     np.testing.assert_allclose(float(align.nft(beta, scale=5.0).apply(out, (), 0)[0]), 5 * expect, rtol=1e-5)
     with pytest.raises(KeyError, match="old_loss"):
         align.nft().apply({"per_example": out["per_example"], "advantage": out["advantage"]}, (), 0)
+    # the released code's x0-space branches, each over its own mean absolute error
+    t = np.array([0.9, 0.5, 0.2])
+
+    def branch(err):
+        x0 = t[:, None] * err
+        return np.mean(x0**2, -1) / np.maximum(np.mean(np.abs(x0), -1), 1e-5)
+
+    x0_expect = 5 * np.mean((r * branch(vp - u) + (1 - r) * branch(vm - u)) / beta)
+    res = {"residual": jnp.asarray(v - u, jnp.float32), "old_residual": jnp.asarray(v_old - u, jnp.float32),
+           "t": jnp.asarray(t, jnp.float32), "advantage": out["advantage"]}
+    np.testing.assert_allclose(float(align.nft(beta, scale=5.0, weighting="x0").apply(res, (), 0)[0]), x0_expect,
+                               rtol=1e-5)
 
 
 def test_flow_grpo_loss_matches_a_hand_computation():

@@ -18,31 +18,47 @@ l = ||v_theta - u||^2 (``per_example``), l_old = ||v_old - u||^2 (``old_loss``) 
 
 Method notes section 1.3: at v_theta = v_old the gradient is that of AWM with the uniform
 surrogate and advantage 2r - 1 = A; beta only sets the stiffness of the built-in proximal term
-beta ||v_theta - v_old||^2. The released code's x0-space self-normalised weighting (a
-stabilising "trick", per the authors) is not this form.
+beta ||v_theta - v_old||^2.
+
+``weighting="x0"`` is the released code's loss (``scripts/train_nft_sd3.py``): each branch in
+x0 space, self-normalised by its own stop-gradient mean absolute error,
+l+- = mean_d (x0_hat+- - x0)^2 / sg(max(mean_d |x0_hat+- - x0|, 1e-5)) with x0_hat - x0 = -t (v - u),
+which the authors call a stabilising trick; it reads the rows' residual vectors v - u
+(``rl.matching_rows(..., residuals=True)``).
 """
 
 from __future__ import annotations
 
 import jax
 
+import jax.numpy as jnp
+
 from ..losses.transforms import LossTransform, masked_mean, per_example_of
 from .awm import advantages
 
 
-def nft(beta: float = 1.0, *, scale: float = 1.0) -> LossTransform:
-    """The DiffusionNFT objective as a loss transform (velocity form, times ``scale``).
+WEIGHTINGS = ("velocity", "x0")
 
-    Reads ``per_example``, ``old_loss`` and ``drift_old`` (``rl.matching_rows`` with
-    ``aux["old"]``) and the rows' advantages (``advantage``, or ``reward`` with ``group``, as
-    ``awm``). Its gradient at v_theta = v_old is ``scale`` times AWM-uniform's with the same
-    advantages; the code's loss is ``scale = 5`` (``adv_clip_max``).
+
+def nft(beta: float = 1.0, *, scale: float = 1.0, weighting: str = "velocity") -> LossTransform:
+    """The DiffusionNFT objective as a loss transform, times ``scale``.
+
+    ``"velocity"`` (the paper's form) reads ``per_example``, ``old_loss`` and ``drift_old``
+    (``rl.matching_rows`` with ``aux["old"]``); ``"x0"`` (the code's) reads ``residual``,
+    ``old_residual`` and ``t``. Both read the rows' advantages (``advantage``, or ``reward``
+    with ``group``, as ``awm``). In velocity form the gradient at v_theta = v_old is ``scale``
+    times AWM-uniform's with the same advantages; the code's loss has ``scale = 5``
+    (``adv_clip_max``), which with r = 1/2 + clip(A, -5, 5) / 10 weights by clip(A, -5, 5).
     """
     if not beta > 0:
         raise ValueError(f"the NFT mixing beta must be positive, got {beta}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown NFT weighting {weighting!r}; expected one of {WEIGHTINGS}")
 
     def apply(out, state, step):
         del step
+        if weighting == "x0":
+            return _x0_normalised(out, state, beta, scale)
         loss = per_example_of(out)
         for k in ("old_loss", "drift_old"):
             if k not in out:
@@ -58,3 +74,25 @@ def nft(beta: float = 1.0, *, scale: float = 1.0) -> LossTransform:
                               "nft_r": masked_mean(r, out)}
 
     return LossTransform(lambda: (), apply)
+
+
+def _x0_normalised(out, state, beta, scale):
+    for k in ("residual", "old_residual", "t"):
+        if k not in out:
+            raise KeyError(f"nft(weighting='x0') reads out[{k!r}] (rl.matching_rows(..., residuals=True) with "
+                           "aux['old']), which is missing")
+    res = out["residual"]
+    e = jax.lax.stop_gradient(out["old_residual"]).astype(res.dtype)  # v_old - u
+    d = res - e  # v_theta - v_old
+    t = jax.lax.stop_gradient(out["t"]).astype(res.dtype)[:, None]
+    r = 0.5 * (1.0 + jax.lax.stop_gradient(advantages(out)).astype(res.dtype))
+
+    def branch(err):  # x0_hat - x0 = -t (v - u): its mean square over its own stop-gradient mean |.|
+        x0_err = t * err
+        norm = jax.lax.stop_gradient(jnp.maximum(jnp.mean(jnp.abs(x0_err), axis=-1), 1e-5))
+        return jnp.mean(x0_err**2, axis=-1) / norm
+
+    positive, negative = branch(e + beta * d), branch(e - beta * d)
+    total = scale * masked_mean((r * positive + (1.0 - r) * negative) / beta, out)
+    return total, state, {"nft_positive": masked_mean(positive, out), "nft_negative": masked_mean(negative, out),
+                          "nft_r": masked_mean(r, out)}

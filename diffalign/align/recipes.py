@@ -13,7 +13,9 @@ transfer to small models (learning rate, DPO's beta) are the benchmark's to tune
   log-probabilities; the first 9 transitions trained; clip 1e-4; advantages clip(A, -5, 5); the
   code's KL to the reference, 0.04; two updates per epoch (the halves of the batch).
 * ``nft``: 10-step DPM-Solver++(2M) rollouts by the old policy (min(0.5, 0.001 n) lag); 9 of
-  the 10 grid times per sample; mixing beta 1; KL 1e-4 to the reference.
+  the 10 grid times per sample; mixing beta 1; the code's x0-normalised branches times 5
+  (``objective={"weighting": "velocity", "scale": 1.0}`` is the paper's form); KL 1e-4 to the
+  reference.
 * ``dpo``: online Diffusion-DPO as Flow-GRPO's port: 40-step SDE rollouts by the current
   policy, each group's best vs worst sample (tied groups skipped), 39 logit-normal times per
   pair with shared noise, beta 100, the reference frozen.
@@ -92,7 +94,7 @@ def recipe(method: str, regime: str = "own", **overrides) -> Recipe:
         "flow_grpo": dict(sampler="sde", rollout_steps=10, noisy_last=True, rows="flow_grpo", train_steps=9,
                           minibatches=2, objective={"clip_eps": 1e-4}, penalties={"kl_ref": 0.04}),
         "nft": dict(sampler="dpm2", rollout_steps=10, policy="old", times="grid", num_times=9, grid_steps=10,
-                    objective={"beta": 1.0}, penalties={"drift_ref": 1e-4}),
+                    objective={"beta": 1.0, "weighting": "x0", "scale": 5.0}, penalties={"drift_ref": 1e-4}),
         "dpo": dict(sampler="sde", rollout_steps=40, noisy_last=True, times="logit_normal", num_times=39, pairs=True,
                     objective={"beta": 100.0}),
         "kto": dict(sampler="sde", rollout_steps=40, noisy_last=True, times="logit_normal", num_times=1,
@@ -183,7 +185,8 @@ def build(r: Recipe, apply_fn: Callable, params, reward_fn: Callable, shape: tup
         rows = samples * (r.train_steps or r.rollout_steps - 1)
     else:
         loss_fn = rl.matching_rows(rl.flow_matching(apply_fn), num_times=r.num_times, times=r.times,
-                                   grid_steps=r.grid_steps, pair_group_size=group_size if r.pairs else 0)
+                                   grid_steps=r.grid_steps, pair_group_size=group_size if r.pairs else 0,
+                                   residuals=dict(r.objective).get("weighting") == "x0")
         rows = matching_row_count(r, samples, group_size)
     return assemble(r, prepare, loss_fn, params, rows=rows, rollout_evals=samples * r.rollout_steps, lr=lr, seed=seed,
                     clip_norm=clip_norm)

@@ -196,7 +196,9 @@ class Matching(NamedTuple):
     rows (samples, times ``"t"`` and noise), ``noise(key, rows) -> dict`` draws the noise entries
     it reads, ``gap(a, b) -> (rows,)`` is the squared norm ``per_example`` uses, applied to two
     predictions (so NFT's identity holds exactly), ``sample_keys`` are the batch's per-sample
-    entries the rows repeat, and times are kept >= ``t_min``. ``flow_matching`` is the flows';
+    entries the rows repeat, and times are kept >= ``t_min``. ``residual(rows, prediction) ->
+    (rows, D)``, where given, is the prediction minus its target (the flows' v - u), which
+    DiffusionNFT's x0-normalised weighting reads. ``flow_matching`` is the flows';
     ``graphs.align.gdss_matching`` GDSS's."""
 
     loss: Callable
@@ -204,12 +206,20 @@ class Matching(NamedTuple):
     gap: Callable
     sample_keys: tuple[str, ...] = ("x", "y")
     t_min: float = 0.0
+    residual: Callable | None = None
 
 
 def flow_matching(apply_fn: Callable, path: AffinePath = LinearPath()) -> Matching:
-    """``losses.flow_matching_loss`` on ``path`` (per-dimension mean), noise ``x_source``."""
+    """``losses.flow_matching_loss`` on ``path`` (per-dimension mean), noise ``x_source``,
+    residual v - u."""
+
+    def residual(rows, prediction):
+        r = prediction - path.velocity(rows["x"], rows["x_source"], rows["t"])
+        return r.reshape(r.shape[0], -1)
+
     return Matching(flow_matching_loss(apply_fn, path=path),
-                    lambda key, rows: {"x_source": jax.random.normal(key, rows["x"].shape, rows["x"].dtype)}, _sq)
+                    lambda key, rows: {"x_source": jax.random.normal(key, rows["x"].shape, rows["x"].dtype)}, _sq,
+                    residual=residual)
 
 
 def row_times(key, kind: str, n_samples: int, k: int, t_range, grid_steps: int, dtype, t_min: float = 0.0):
@@ -232,7 +242,7 @@ def row_times(key, kind: str, n_samples: int, k: int, t_range, grid_steps: int, 
 
 def matching_rows(matching: Matching, *, num_times: int = 6, times: str = "stratified",
                   t_range: tuple[float, float] = (0.02, 0.98), grid_steps: int = 10,
-                  pair_group_size: int = 0) -> Callable:
+                  pair_group_size: int = 0, residuals: bool = False) -> Callable:
     """Rows of the pretraining loss on the rollout batch, for AWM, DiffusionNFT, RWR, KTO, DPO.
 
     ``loss_fn(params, batch, key, aux=None)`` re-noises every sample (``batch[k]`` for the
@@ -246,7 +256,8 @@ def matching_rows(matching: Matching, *, num_times: int = 6, times: str = "strat
     With ``pair_group_size`` = G > 0 the rows are ``[chosen; rejected]``: the best and worst
     sample of each group of G (``best_worst_pairs``; a rollout's groups), the pair sharing its
     times and noise; a group of tied rewards is masked out (``mask`` 0 on both its rows, read by
-    ``dpo``).
+    ``dpo``). With ``residuals`` the rows also carry ``residual`` (prediction minus target, (rows,
+    D)) and ``<name>_residual`` for each frozen set (DiffusionNFT's x0-normalised weighting).
     """
     if not isinstance(matching, Matching):
         raise TypeError(f"matching_rows takes a rl.Matching (rl.flow_matching(apply_fn) for flows), got "
@@ -258,6 +269,8 @@ def matching_rows(matching: Matching, *, num_times: int = 6, times: str = "strat
     pairs = pair_group_size > 0
     if num_times < 1 or (times == "grid" and num_times > grid_steps):
         raise ValueError(f"num_times must be in [1, grid_steps] (grid) or >= 1, got {num_times}")
+    if residuals and matching.residual is None:
+        raise ValueError("residuals=True needs a Matching with a residual function (the flows' has one)")
 
     def loss_fn(params, batch, key, aux=None):
         k_t, k_eps = jax.random.split(key)
@@ -290,11 +303,15 @@ def matching_rows(matching: Matching, *, num_times: int = 6, times: str = "strat
                **{name: jnp.repeat(v, k, axis=0) for name, v in per_sample.items()}}
         if mask is not None:
             out["mask"] = jnp.repeat(mask, k)
+        if residuals:
+            out["residual"] = matching.residual(rows, fit["prediction"])
         for name, tag in FROZEN.items():
             if aux is not None and name in aux:
                 frozen = matching.loss(aux[name], rows, k_loss)
                 out[f"drift_{tag}"] = matching.gap(fit["prediction"], frozen["prediction"])
                 out[f"{tag}_loss"] = frozen["per_example"]
+                if residuals:
+                    out[f"{tag}_residual"] = matching.residual(rows, frozen["prediction"])
         return out
 
     return loss_fn

@@ -166,6 +166,8 @@ def build(r, model: GDSSModel, params, train_flags, reward_host: Callable, *, sa
                                   "which are not built; the matching-loss methods (awm, nft, dpo, kto, rwr) run")
     if num_times is not None:
         r = dataclasses.replace(r, num_times=num_times)
+    if dict(r.objective).get("weighting") == "x0":  # an x0 space is the flows'; GDSS keeps the paper's form
+        r = dataclasses.replace(r, objective=tuple((k, v) for k, v in r.objective if k != "weighting"))
     prepare = graph_rollout_stage(model, train_flags, reward_host, num_samples=samples, group_size=group_size,
                                   policy=r.policy, num_scales=rollout_steps)
     loss_fn = rl.matching_rows(gdss_matching(model), num_times=r.num_times, times=r.times, grid_steps=r.grid_steps,
