@@ -23,6 +23,7 @@ the reference and against diversity, one point per learning rate).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 
@@ -121,14 +122,16 @@ class Evaluator:
 
             real = task.levels[task.labels == cfg.target_class]
             self.judge = DigitClass(task.classifier, real, cfg.target_class)
+        self.base = None
+        self.base = self(ref_params, final=True)
 
     def __call__(self, params, final: bool = False) -> dict:
         x, drift = self._run(params)
         m = {k: float(v) for k, v in self.task.metrics_fn(x).items()}
         m["reward"] = float(jnp.mean(self.task.reward(x)))
         m["drift"] = float(drift)
+        m["score"] = m["in_target"]  # ring: in the rewarded modes; digits: classified as the class
         if self.cfg.task == "ring":
-            m["score"] = m["in_target"]
             modes = self.task.reward.modes
             shares = [m[f"mode{k}_share"] for k in modes]
             m["mode_balance"] = shares[0] / max(sum(shares), 1e-9)
@@ -137,10 +140,12 @@ class Evaluator:
                 hit = xs[np.asarray(self.task.reward(x)) > 0]
                 m["frechet_to_tilted"] = float(frechet_distance(hit, self.tilted)) if len(hit) > 10 else None
         else:
-            m["score"] = m["reward"]
             if final:
                 s = self.judge.score(np.asarray(x))
                 m.update({k: (None if v is None else float(v)) for k, v in s.items()})
+                base_fd = None if self.base is None else self.base.get("frechet_logits")
+                if base_fd and m.get("frechet_logits") is not None:  # the FD of the class over the base model's
+                    m["frechet_ratio"] = m["frechet_logits"] / base_fd
         return m
 
 
@@ -214,7 +219,7 @@ def summarise(runs: list[dict], cfg: Config) -> dict:
                     "median_epoch_s": _median([r["epoch_s"] for r in rs]),
                 }
                 for k in ("score", "drift", "off_manifold", "mode_balance", "frechet_to_tilted", "class_fraction",
-                          "frechet_logits", "diversity_ratio"):
+                          "frechet_logits", "frechet_ratio", "diversity_ratio"):
                     vals = [f.get(k) for f in fin]
                     if any(v is not None for v in vals):
                         e[f"final_{k}"] = vals
@@ -251,7 +256,8 @@ def _fmt(v, spec=".3g"):
 
 def table(summary: dict, cfg: Config) -> str:
     score = "in the rewarded modes" if cfg.task == "ring" else f"classified as {cfg.target_class}"
-    div = ("off-manifold", "mode balance", "FD to tilted") if cfg.task == "ring" else ("FD logits", "diversity", "-")
+    div = ("off-manifold", "mode balance", "FD to tilted") if cfg.task == "ring" else ("FD logits", "FD / base FD",
+                                                                                       "diversity")
     lines = [f"# align-bench, task {cfg.task}: best stable learning rate per method and regime", "",
              f"Target: {cfg.target_level} {score} on the shared evaluation ({cfg.eval_samples} samples, "
              f"{cfg.eval_steps}-step Euler ODE, fixed noise). Medians over {len(cfg.seeds)} RL seeds x "
@@ -269,7 +275,8 @@ def table(summary: dict, cfg: Config) -> str:
             cols = (e.get("median_final_off_manifold"), e.get("median_final_mode_balance"),
                     e.get("median_final_frechet_to_tilted"))
         else:
-            cols = (e.get("median_final_frechet_logits"), e.get("median_final_diversity_ratio"), None)
+            cols = (e.get("median_final_frechet_logits"), e.get("median_final_frechet_ratio"),
+                    e.get("median_final_diversity_ratio"))
         lines.append(
             f"| {method} | {regime} | {e['lr']:g} | {_fmt(e['median_epochs_to_target'])} ({_fmt(e['epochs_to_target'])}) "
             f"| {_fmt(e['median_evals_to_target'])} | {_fmt(e['median_seconds_to_target'])} "
@@ -288,8 +295,31 @@ def table(summary: dict, cfg: Config) -> str:
 # ----------------------------------------------------------------------------- the command
 
 
+# the grid's axes: a rerun on the same --out may change these (and reuses the runs it shares);
+# every other setting must match the runs already there
+GRID_KEYS = ("methods", "regimes", "lrs", "seeds", "pretrain_seeds")
+
+
+def _settings(cfg: Config) -> dict:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in GRID_KEYS}
+
+
+def _earlier_runs(path: str, cfg: Config) -> list[dict]:
+    """The runs of an earlier (or interrupted) invocation on the same ``--out``, if its settings
+    are this one's; a grid that stops loses only the run in progress."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        saved = json.load(f)
+    if saved.get("settings") != json.loads(json.dumps(_settings(cfg))):
+        raise ValueError(f"{path} holds runs made with other settings ({saved.get('settings')}); use another --out")
+    return saved["runs"]
+
+
 def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     cfg, out, timer = begin(cfg, out, smoke)
+    path = os.path.join(out, "runs.json")
+    done = {(r["method"], r["regime"], r["lr"], r["seed"], r["pretrain_seed"]): r for r in _earlier_runs(path, cfg)}
     runs: list[dict] = []
     base: dict = {}
     combos = [(m, g, lr, s) for g in cfg.regimes for m in cfg.methods for lr in cfg.lrs for s in cfg.seeds]
@@ -302,13 +332,16 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
         with timer(f"pretrain_{pseed}"):
             apply_fn, ref, _ = A.pretrain(task, acfg, os.path.join(out, f"pretrain_seed{pseed}"))
         evaluator = Evaluator(cfg, task, apply_fn, ref)
-        base[str(pseed)] = evaluator(ref, final=True)
+        base[str(pseed)] = evaluator.base
         with timer(f"runs_pretrain{pseed}"):
             for method, regime, lr, seed in tqdm(combos, desc=f"align-bench {cfg.task} (pretrain seed {pseed})"):
-                row = one_run(cfg, task, apply_fn, ref, evaluator, method, regime, lr, seed)
-                row["pretrain_seed"] = pseed
+                row = done.pop((method, regime, lr, seed, pseed), None)
+                if row is None:
+                    row = one_run(cfg, task, apply_fn, ref, evaluator, method, regime, lr, seed)
+                    row["pretrain_seed"] = pseed
                 runs.append(row)
-                write_json(os.path.join(out, "runs.json"), runs)  # nothing lost if a long grid stops
+                kept = runs + list(done.values())  # runs of the earlier grid outside this one stay on file
+                write_json(path, {"settings": _settings(cfg), "runs": kept})  # nothing lost if a long grid stops
     summary = summarise(runs, cfg)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table(summary, cfg))
@@ -353,7 +386,7 @@ def _plot(out, runs, summary, cfg):
     fig.tight_layout()
     fig.savefig(os.path.join(out, "curves.png"), dpi=110)
     plt.close(fig)
-    second = "mode_balance" if cfg.task == "ring" else "diversity_ratio"
+    second = "mode_balance" if cfg.task == "ring" else "frechet_ratio"
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for e in summary["grid"]:
         mk = "o" if e["regime"] == "own" else "s"

@@ -222,15 +222,24 @@ def test_align_bench_smoke(tmp_path):
     from diffalign.cli import main
 
     out = tmp_path / "bench"
-    assert main(["align-bench", "--smoke", "--out", str(out), "--methods", "awm", "flow_grpo", "nft"]) == 0
+    assert main(["align-bench", "--smoke", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert set(res["metrics"]["best"]) == {f"{m}/{g}" for m in ("awm", "flow_grpo", "nft") for g in recipes.REGIMES}
+    assert set(res["metrics"]["best"]) == {f"{m}/{g}" for m in recipes.METHODS for g in recipes.REGIMES}
     grid = res["grid"]
-    assert len(grid) == 6 and all("median_final_score" in e and "evals_per_epoch" in e for e in grid)
+    assert len(grid) == 12 and all("median_final_score" in e and "evals_per_epoch" in e for e in grid)
     assert (out / "table.md").read_text().startswith("# align-bench, task ring")
     assert (out / "curves.png").exists() and (out / "front.png").exists()
-    runs = json.loads((out / "runs.json").read_text())
-    assert all(len(r["score_curve"]) == 3 for r in runs)  # evaluated after every epoch
+    runs = json.loads((out / "runs.json").read_text())["runs"]
+    assert len(runs) == 12 and all(len(r["score_curve"]) == 3 for r in runs)  # evaluated after every epoch
+    # a rerun with a wider grid reuses the runs it shares and adds the new ones
+    assert main(["align-bench", "--smoke", "--out", str(out), "--methods", "awm", "--regimes", "own",
+                 "--lrs", "1e-3", "3e-3"]) == 0
+    again = json.loads((out / "runs.json").read_text())["runs"]
+    assert len(again) == 13
+    first = next(r for r in runs if (r["method"], r["regime"]) == ("awm", "own"))
+    assert next(r for r in again if (r["method"], r["regime"], r["lr"]) == ("awm", "own", 1e-3)) == first
+    res = json.loads((out / "results.json").read_text())
+    assert [e["lr"] for e in res["grid"]] == [1e-3, 3e-3]
 
 
 def _tiny_gdss():
