@@ -88,8 +88,12 @@ class Config:
         return self.target or {"ring": 0.9, "digits": 0.8}[self.task]
 
     def smoke(self) -> "Config":
-        return dataclasses.replace(self, lrs=(1e-3,), seeds=(0,), epochs=3, samples_per_epoch=64, group_size=8,
-                                   eval_samples=128, eval_steps=8, pretrain_steps=100)
+        """Small sizes; a grid given on the command line (learning rates, seeds) is kept."""
+        default = Config(task=self.task)
+        return dataclasses.replace(self, lrs=(1e-3,) if self.lrs == default.lrs else self.lrs,
+                                   seeds=(0,) if self.seeds == default.seeds else self.seeds, epochs=3,
+                                   samples_per_epoch=64, group_size=8, eval_samples=128, eval_steps=8,
+                                   pretrain_steps=100)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -276,12 +276,51 @@ def test_matching_methods_train_gdss_through_its_pretraining_loss():
 
     for a, b in zip(grad(align.nft(0.5)), grad(align.awm(weighting="uniform"))):
         np.testing.assert_allclose(a, b, rtol=5e-4, atol=1e-6)
-    for method in ("awm", "nft", "dpo", "kto", "rwr"):
+    for method in recipes.METHODS:
         a = galign.build(recipes.recipe(method), model, model.params, flags, host, samples=8, group_size=4, lr=1e-2,
                          rollout_steps=3, num_times=2)
         new, m = jax.jit(a.step)(a.state, {})
         assert not bool(m["nonfinite"]), method
         assert any(not np.array_equal(p, q) for p, q in zip(jax.tree.leaves(model.params), jax.tree.leaves(new.params)))
-    with pytest.raises(NotImplementedError, match="log-probabilities"):
-        galign.build(recipes.recipe("flow_grpo"), model, model.params, flags, host, samples=8, group_size=4, lr=1e-2,
-                     rollout_steps=3)
+
+
+def test_graph_policy_steps_score_their_own_draws():
+    # Flow-GRPO on GDSS: the predictor-only sampler's stored log-probabilities are the Gaussian
+    # densities of its draws over the free entries (scipy), and the rows at the rollout policy
+    # give ratio 1 and zero KL to an identical reference
+    from scipy.stats import norm
+
+    from diffalign.graphs import align as galign
+    from diffalign.sampling.graph import graph_log_prob, graph_step_moments
+
+    model = _tiny_gdss()
+    flags = (np.arange(5)[None] < np.array([[3], [4], [5], [5]])).astype(np.float32)
+
+    def host(x, a):
+        return np.asarray(a).sum((1, 2)).astype(np.float32), np.ones(len(a), np.float32)
+
+    prepare = galign.graph_rollout_stage(model, flags, host, num_samples=4, num_scales=4, trajectories=True)
+    batch = prepare(model.params, {}, jax.random.key(3))
+    tx, ta, fl = batch["traj_x"], batch["traj_a"], batch["flags"]
+    assert tx.shape[:2] == (4, 5) and batch["log_probs"].shape == (4, 4)
+    import dataclasses
+
+    from diffalign.graphs.gdss import score_fns
+
+    gsde = dataclasses.replace(model.gsde, num_scales=4)
+    sx, sa = score_fns(model, model.params)
+    t = jnp.full(4, jnp.linspace(1.0, gsde.sample_eps, 4)[1])
+    mx, sdx, ma, sda = graph_step_moments(gsde, model.config.predictor, sx, sa, tx[:, 1], ta[:, 1], fl, t)
+    for i in range(4):
+        n = int(fl[i].sum())
+        iu = np.triu_indices(n, 1)
+        vals = [norm.logpdf(np.asarray(tx[i, 2, :n]), np.asarray(mx[i, :n]), np.asarray(sdx[i, :n])).ravel(),
+                norm.logpdf(np.asarray(ta[i, 2, :n, :n])[iu], np.asarray(ma[i, :n, :n])[iu],
+                            np.asarray(sda[i, :n, :n])[iu])]
+        np.testing.assert_allclose(batch["log_probs"][i, 1], np.concatenate(vals).mean(), rtol=2e-4, atol=2e-4)
+    rows = galign.graph_grpo_rows(model, train_steps=3, num_scales=4)
+    out = rows(model.params, batch, jax.random.key(4), {"ref": model.params})
+    np.testing.assert_allclose(out["per_example"], -out["logp_old"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out["kl_ref"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(out["drift_ref"], 0.0, atol=1e-9)
+    assert np.all(np.isfinite(graph_log_prob(tx[:, 2], mx, sdx, ta[:, 2], ma, sda, fl)))

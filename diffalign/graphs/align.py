@@ -21,7 +21,8 @@ import numpy as np
 
 from ..align import rl
 from ..align.awm import group_advantages
-from ..sampling.graph import sample_graphs, sym_noise, x_noise
+from ..sampling.graph import (graph_log_prob, graph_step_moments, sample_graph_trajectories, sample_graphs, sym_noise,
+                              x_noise)
 from .gdss import GDSSModel, score_fns
 from .system import gdss_loss, half_sq, node_flags, perturb, scaled_scores
 
@@ -85,11 +86,11 @@ def gdss_matching(model: GDSSModel) -> rl.Matching:
         out = loss(params, rows, key)
         return {"per_example": out["per_example"], "prediction": out["scaled_scores"]}
 
-    def noise(key, rows):
+    def noise(key, rows):  # unmasked: the loss masks it by each row's own flags (a DPO pair shares it)
         kx, ka = jax.random.split(key)
-        flags = node_flags(rows["adj"])
-        return {"noise_x": x_noise(kx, rows["x"].shape, flags, rows["x"].dtype),
-                "noise_a": sym_noise(ka, rows["adj"].shape, flags, rows["adj"].dtype)}
+        everyone = jnp.ones(rows["adj"].shape[:2], rows["adj"].dtype)
+        return {"noise_x": x_noise(kx, rows["x"].shape, everyone, rows["x"].dtype),
+                "noise_a": sym_noise(ka, rows["adj"].shape, everyone, rows["adj"].dtype)}
 
     def gap(a, b):
         return half_sq(a[0] - b[0]) + half_sq(a[1] - b[1])
@@ -99,7 +100,7 @@ def gdss_matching(model: GDSSModel) -> rl.Matching:
 
 def graph_rollout_stage(model: GDSSModel, train_flags, reward_host: Callable, *, num_samples: int,
                         group_size: int | None = None, policy: str = "params", sampler_kw: dict | None = None,
-                        num_scales: int | None = None, drift_t: float = 0.5) -> Callable:
+                        num_scales: int | None = None, drift_t: float = 0.5, trajectories: bool = False) -> Callable:
     """The ``prepare`` of a GDSS alignment step (``rl.rollout_stage`` for graphs).
 
     ``num_samples`` molecules per epoch from the model's sampler (no gradient; node counts drawn
@@ -109,7 +110,10 @@ def graph_rollout_stage(model: GDSSModel, train_flags, reward_host: Callable, *,
     ``jax.pure_callback`` (``reward_host(x, adj) -> (reward, valid)``); group advantages over
     pseudo-groups of ``group_size`` (default: one group). Reports the mean reward, validity
     without correction, atoms per molecule and, with ``aux["ref"]``, the drift
-    E 1/2 ||sigma s - sigma s_ref||^2 at t = ``drift_t``.
+    E 1/2 ||sigma s - sigma s_ref||^2 at t = ``drift_t``. With ``trajectories`` the rollouts are
+    the predictor-only sampler as a Gaussian policy (``sampling.graph.sample_graph_trajectories``,
+    the config's predictor, no corrector), and the batch carries ``traj_x``, ``traj_a``,
+    ``log_probs`` and ``flags`` for ``graph_grpo_rows``.
     """
     cfg, gsde = model.config, model.gsde
     if num_scales is not None:
@@ -132,7 +136,13 @@ def graph_rollout_stage(model: GDSSModel, train_flags, reward_host: Callable, *,
         sampler_params = params if policy == "params" else aux["old"]
         fl = train_flags[jax.random.randint(k_fl, (num_samples,), 0, train_flags.shape[0])]
         sx, sa = score_fns(model, sampler_params)
-        x, adj = sample_graphs(k_s, gsde, sx, sa, fl, cfg.max_feat, **kw)
+        extra = {}
+        if trajectories:
+            x, adj, tx, ta, lps = sample_graph_trajectories(k_s, gsde, sx, sa, fl, cfg.max_feat,
+                                                            predictor=kw["predictor"])
+            extra = {"traj_x": tx, "traj_a": ta, "log_probs": lps, "flags": fl}
+        else:
+            x, adj = sample_graphs(k_s, gsde, sx, sa, fl, cfg.max_feat, **kw)
         x0, a0 = quantize_jax(x, adj)
         reward, valid = jax.pure_callback(reward_host, shapes, x0, a0)
         group = jnp.arange(num_samples) // group_size
@@ -146,9 +156,57 @@ def graph_rollout_stage(model: GDSSModel, train_flags, reward_host: Callable, *,
             qx, qa = scaled_scores(gsde, ax, aa, aux["ref"], xd, ad, f0, td)
             metrics["drift"] = jnp.mean(half_sq(cx - qx) + half_sq(ca - qa))
         return {"x": x0, "adj": a0, "reward": reward, "valid": valid, "group": group,
-                "advantage": group_advantages(reward, group, num_samples), "metrics": metrics}
+                "advantage": group_advantages(reward, group, num_samples), "metrics": metrics, **extra}
 
     return prepare
+
+
+def graph_grpo_rows(model: GDSSModel, *, train_steps: int, num_scales: int | None = None) -> Callable:
+    """Flow-GRPO's rows on the graph sampler: for ``train_steps`` transitions per molecule, drawn
+    without replacement from its stored trajectory (``graph_rollout_stage(trajectories=True)``),
+    ``per_example`` = -log pi_theta(state_{k+1} | state_k) (``sampling.graph.graph_log_prob``:
+    the mean over the free entries of X and A) against the stored ``logp_old``; with frozen sets
+    in ``aux``, ``kl_<name>`` (the per-entry Gaussian KL of the two steps, their common std) and
+    ``drift_<name>`` (1/2 ||sigma s - sigma s_name||^2 at the state, the matching rows' gap).
+    ``num_scales`` must be the rollout's."""
+    cfg, gsde = model.config, model.gsde
+    if num_scales is not None:
+        gsde = dataclasses.replace(gsde, num_scales=num_scales)
+    ax, aa = model.apply_x, model.apply_a
+
+    def loss_fn(params, batch, key, aux=None):
+        tx, ta, fl = batch["traj_x"], batch["traj_a"], batch["flags"]
+        b, steps = tx.shape[0], tx.shape[1] - 1
+        if not 1 <= train_steps <= steps:
+            raise ValueError(f"train_steps must be in [1, {steps}], got {train_steps}")
+        pick = jax.vmap(lambda k: jax.random.permutation(k, steps)[:train_steps])(jax.random.split(key, b))
+        rows_of = lambda v, j: jnp.take_along_axis(v, j.reshape(j.shape + (1,) * (v.ndim - 2)), 1)  # noqa: E731
+        flat = lambda v: v.reshape(b * train_steps, *v.shape[2:])  # noqa: E731
+        x, adj = flat(rows_of(tx, pick)), flat(rows_of(ta, pick))
+        x_next, a_next = flat(rows_of(tx, pick + 1)), flat(rows_of(ta, pick + 1))
+        flags = jnp.repeat(fl, train_steps, axis=0)
+        t = jnp.linspace(1.0, gsde.sample_eps, steps)[pick.reshape(-1)]
+
+        def moments(p):
+            sx, sa = score_fns(model, p)
+            return graph_step_moments(gsde, cfg.predictor, sx, sa, x, adj, flags, t)
+
+        mx, sdx, ma, sda = moments(params)
+        out = {"per_example": -graph_log_prob(x_next, mx, sdx, a_next, ma, sda, flags),
+               "logp_old": jnp.take_along_axis(batch["log_probs"], pick, 1).reshape(-1), "t": t,
+               **{k: jnp.repeat(batch[k], train_steps, axis=0) for k in ("reward", "advantage", "group")}}
+        for name, tag in rl.FROZEN.items():
+            if aux is not None and name in aux:
+                fx, _, fa, _ = moments(aux[name])
+                # KL(N(mu, s^2) || N(mu_f, s^2)) per free entry = log N(mu; mu, s) - log N(mu; mu_f, s)
+                out[f"kl_{tag}"] = (graph_log_prob(mx, mx, sdx, ma, ma, sda, flags)
+                                    - graph_log_prob(mx, fx, sdx, ma, fa, sda, flags))
+                cx, ca = scaled_scores(gsde, ax, aa, params, x, adj, flags, t)
+                qx, qa = scaled_scores(gsde, ax, aa, aux[name], x, adj, flags, t)
+                out[f"drift_{tag}"] = half_sq(cx - qx) + half_sq(ca - qa)
+        return out
+
+    return loss_fn
 
 
 def build(r, model: GDSSModel, params, train_flags, reward_host: Callable, *, samples: int, group_size: int,
@@ -157,21 +215,28 @@ def build(r, model: GDSSModel, params, train_flags, reward_host: Callable, *, sa
     rollout stage (the model's own sampler at ``rollout_steps`` steps for every method; the old
     policy samples for DiffusionNFT), ``rl.matching_rows`` on ``gdss_matching`` with the recipe's
     times (over [train_eps, 1]) and pairs, and the recipe's transform, regularisers and lags
-    (``recipes.assemble``). Flow-GRPO's per-step log-probabilities of the graph sampler are not
-    built: asking for it is an error."""
+    (``recipes.assemble``). Flow-GRPO rolls out the predictor-only sampler as a Gaussian policy
+    and trains ``train_steps`` random transitions of each trajectory (``graph_grpo_rows``); its
+    rows count one pass of both networks each, and its rollout passes one per step (no
+    corrector), the matching methods' two with the config's corrector."""
     from ..align import recipes
 
-    if r.rows != "matching":
-        raise NotImplementedError(f"{r.method} on GDSS needs per-step log-probabilities of the graph sampler, "
-                                  "which are not built; the matching-loss methods (awm, nft, dpo, kto, rwr) run")
     if num_times is not None:
         r = dataclasses.replace(r, num_times=num_times)
     if dict(r.objective).get("weighting") == "x0":  # an x0 space is the flows'; GDSS keeps the paper's form
         r = dataclasses.replace(r, objective=tuple((k, v) for k, v in r.objective if k != "weighting"))
+    grpo = r.rows == "flow_grpo"
     prepare = graph_rollout_stage(model, train_flags, reward_host, num_samples=samples, group_size=group_size,
-                                  policy=r.policy, num_scales=rollout_steps)
-    loss_fn = rl.matching_rows(gdss_matching(model), num_times=r.num_times, times=r.times, grid_steps=r.grid_steps,
-                               t_range=(model.gsde.train_eps, 1.0), pair_group_size=group_size if r.pairs else 0)
-    return recipes.assemble(r, prepare, loss_fn, params, rows=recipes.matching_row_count(r, samples, group_size),
-                            rollout_evals=samples * rollout_steps * (2 if model.config.corrector != "none" else 1),
-                            lr=lr, seed=seed, clip_norm=clip_norm)
+                                  policy=r.policy, num_scales=rollout_steps, trajectories=grpo)
+    if grpo:  # the predictor-only sampler as the policy; train_steps transitions of each trajectory
+        steps = min(r.train_steps or rollout_steps - 1, rollout_steps)
+        loss_fn = graph_grpo_rows(model, train_steps=steps, num_scales=rollout_steps)
+        rows, passes = samples * steps, samples * rollout_steps
+    else:
+        loss_fn = rl.matching_rows(gdss_matching(model), num_times=r.num_times, times=r.times,
+                                   grid_steps=r.grid_steps, t_range=(model.gsde.train_eps, 1.0),
+                                   pair_group_size=group_size if r.pairs else 0)
+        rows = recipes.matching_row_count(r, samples, group_size)
+        passes = samples * rollout_steps * (2 if model.config.corrector != "none" else 1)
+    return recipes.assemble(r, prepare, loss_fn, params, rows=rows, rollout_evals=passes, lr=lr, seed=seed,
+                            clip_norm=clip_norm)

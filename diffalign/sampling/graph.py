@@ -28,8 +28,9 @@ from ..paths.base import bcast
 from .predictors import CORRECTORS, PREDICTORS, get_corrector, get_predictor
 
 SOLVERS = ("pc", "s4")
-__all__ = ["CORRECTORS", "PREDICTORS", "SOLVERS", "evaluations_per_step", "graph_prior", "mask_adj",
-           "mask_x", "sample_graphs", "sym_noise", "x_noise"]
+__all__ = ["CORRECTORS", "PREDICTORS", "SOLVERS", "evaluations_per_step", "graph_log_prob", "graph_prior",
+           "graph_step_moments", "mask_adj", "mask_x", "sample_graph_trajectories", "sample_graphs", "sym_noise",
+           "x_noise"]
 
 
 def mask_x(x, flags):
@@ -146,3 +147,62 @@ def evaluations_per_step(solver: str, corrector: str) -> int:
     if solver == "s4":
         return 2
     return 2 if corrector == "none" else 4
+
+
+def graph_step_moments(gsde, predictor: str, score_x, score_a, x, adj, flags, t):
+    """Mean and std of one predictor step of (X, A) at per-graph times t (B,), as Gaussians:
+    the step is x_new = mean + std * z for masked z (symmetric for A), so std is read off the
+    predictor as its output at z = 1 minus its mean. For Flow-GRPO-style policy gradients on the
+    graph sampler (``graphs.align``); no corrector is part of the policy."""
+    predict = get_predictor(predictor)
+    n, h = gsde.num_scales, 1.0 / gsde.num_scales
+    sx, sa = score_x(x, adj, flags, t), score_a(x, adj, flags, t)
+    ones_x, ones_a = jnp.ones_like(x), jnp.ones_like(adj)
+    shifted_x, mean_x = predict(gsde.sde_x, x, sx, t, ones_x, h=h, n=n)
+    shifted_a, mean_a = predict(gsde.sde_a, adj, sa, t, ones_a, h=h, n=n)
+    return mean_x, shifted_x - mean_x, mean_a, shifted_a - mean_a
+
+
+def graph_log_prob(x_next, mean_x, std_x, a_next, mean_a, std_a, flags):
+    """log N of a graph step, averaged over its free entries (as Flow-GRPO averages over latent
+    dimensions): the features of real nodes and the upper triangle of A between real nodes. (B,)"""
+    fx = jnp.broadcast_to(flags[..., None], x_next.shape)
+    upper = jnp.triu(jnp.ones(a_next.shape[-2:], a_next.dtype), 1)
+    fa = flags[..., :, None] * flags[..., None, :] * upper
+    log_norm = 0.5 * jnp.log(2.0 * jnp.pi)
+
+    def part(v, mean, std, m):
+        std = jnp.where(m > 0, std, 1.0)
+        lp = -0.5 * ((v - mean) / std) ** 2 - jnp.log(std) - log_norm
+        return jnp.sum((lp * m).reshape(v.shape[0], -1), -1), jnp.sum(m.reshape(v.shape[0], -1), -1)
+
+    sx, cx = part(x_next, mean_x, std_x, fx)
+    sa, ca = part(a_next, mean_a, std_a, fa)
+    return (sx + sa) / jnp.maximum(cx + ca, 1.0)
+
+
+def sample_graph_trajectories(key, gsde, score_x, score_a, flags, num_features: int, *, predictor: str = "reverse"):
+    """The predictor-only sampler as a Gaussian policy: (X, A) final means (as ``sample_graphs``
+    returns), the trajectories X (B, N_steps + 1, N, F) and A (B, N_steps + 1, N, N) of the
+    states drawn, and each step's log-probability (B, N_steps) under ``graph_log_prob``."""
+    sx, sa = gsde.sde_x, gsde.sde_a
+    b, n = flags.shape[0], gsde.num_scales
+    k0, k1, kloop = jax.random.split(key, 3)
+    x, adj = graph_prior(k0, k1, sx, sa, flags, num_features)
+    ts = jnp.linspace(1.0, gsde.sample_eps, n)
+
+    def step(carry, inp):
+        x, adj = carry
+        t_scalar, key = inp
+        t = jnp.full((b,), t_scalar)
+        kx, ka = jax.random.split(key)
+        mean_x, std_x, mean_a, std_a = graph_step_moments(gsde, predictor, score_x, score_a, x, adj, flags, t)
+        x_new = mean_x + std_x * x_noise(kx, x.shape, flags)
+        a_new = mean_a + std_a * sym_noise(ka, adj.shape, flags)
+        lp = graph_log_prob(x_new, mean_x, std_x, a_new, mean_a, std_a, flags)
+        return (x_new, a_new), (x_new, a_new, mask_x(mean_x, flags), mask_adj(mean_a, flags), lp)
+
+    _, (xs, adjs, mx, ma, lps) = jax.lax.scan(step, (x, adj), (ts, jax.random.split(kloop, n)))
+    traj_x = jnp.swapaxes(jnp.concatenate([x[None], xs]), 0, 1)
+    traj_a = jnp.swapaxes(jnp.concatenate([adj[None], adjs]), 0, 1)
+    return mx[-1], ma[-1], traj_x, traj_a, lps.T
