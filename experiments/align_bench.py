@@ -305,7 +305,12 @@ GRID_KEYS = ("methods", "regimes", "lrs", "seeds", "pretrain_seeds")
 
 
 def _settings(cfg: Config) -> dict:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in GRID_KEYS}
+    """What a reused run must share with this invocation: the settings off the grid, and the
+    recipes (a changed recipe must not reuse the runs of the old one)."""
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in GRID_KEYS}
+    out["recipes"] = {f"{m}/{g}": dataclasses.asdict(recipes.recipe(m, g)) for m in recipes.METHODS
+                      for g in recipes.REGIMES}
+    return out
 
 
 def _earlier_runs(path: str, cfg: Config) -> list[dict]:
@@ -352,7 +357,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
     pictures = _plot(out, runs, summary, cfg)
     metrics = {"best": {k: None if e is None else {kk: vv for kk, vv in e.items() if not isinstance(vv, list)}
                         for k, e in summary["best"].items()},
-               "ratios": summary["ratios"], "base": base}
+               "ratios": summary["ratios"], "base": base, "target_level": cfg.target_level}
     write_results(out, experiment=NAME, config=cfg, metrics=metrics, timings=timer.times,
                   extra={"smoke": smoke, "grid": summary["grid"], "pictures": pictures,
                          "recipes": {f"{m}/{g}": dataclasses.asdict(recipes.recipe(m, g)) for m in cfg.methods

@@ -163,10 +163,13 @@ def graph_rollout_stage(model: GDSSModel, train_flags, reward_host: Callable, *,
 
 def graph_grpo_rows(model: GDSSModel, *, train_steps: int, num_scales: int | None = None) -> Callable:
     """Flow-GRPO's rows on the graph sampler: for ``train_steps`` transitions per molecule, drawn
-    without replacement from its stored trajectory (``graph_rollout_stage(trajectories=True)``),
+    without replacement from its stored trajectory (``graph_rollout_stage(trajectories=True)``)
+    but the last (the reward scores the last step's mean, so its draw is no action),
     ``per_example`` = -log pi_theta(state_{k+1} | state_k) (``sampling.graph.graph_log_prob``:
     the mean over the free entries of X and A) against the stored ``logp_old``; with frozen sets
-    in ``aux``, ``kl_<name>`` (the per-entry Gaussian KL of the two steps, their common std) and
+    in ``aux``, ``kl_<name>`` (the per-entry Gaussian KL of the two steps, their common std: the
+    paper's KL per entry, where the flows' ``kl_ref`` is the released code's, without the step
+    size) and
     ``drift_<name>`` (1/2 ||sigma s - sigma s_name||^2 at the state, the matching rows' gap).
     ``num_scales`` must be the rollout's."""
     cfg, gsde = model.config, model.gsde
@@ -177,9 +180,9 @@ def graph_grpo_rows(model: GDSSModel, *, train_steps: int, num_scales: int | Non
     def loss_fn(params, batch, key, aux=None):
         tx, ta, fl = batch["traj_x"], batch["traj_a"], batch["flags"]
         b, steps = tx.shape[0], tx.shape[1] - 1
-        if not 1 <= train_steps <= steps:
-            raise ValueError(f"train_steps must be in [1, {steps}], got {train_steps}")
-        pick = jax.vmap(lambda k: jax.random.permutation(k, steps)[:train_steps])(jax.random.split(key, b))
+        if not 1 <= train_steps <= steps - 1:
+            raise ValueError(f"train_steps must be in [1, {steps - 1}], got {train_steps}")
+        pick = jax.vmap(lambda k: jax.random.permutation(k, steps - 1)[:train_steps])(jax.random.split(key, b))
         rows_of = lambda v, j: jnp.take_along_axis(v, j.reshape(j.shape + (1,) * (v.ndim - 2)), 1)  # noqa: E731
         flat = lambda v: v.reshape(b * train_steps, *v.shape[2:])  # noqa: E731
         x, adj = flat(rows_of(tx, pick)), flat(rows_of(ta, pick))
@@ -223,13 +226,13 @@ def build(r, model: GDSSModel, params, train_flags, reward_host: Callable, *, sa
 
     if num_times is not None:
         r = dataclasses.replace(r, num_times=num_times)
-    if dict(r.objective).get("weighting") == "x0":  # an x0 space is the flows'; GDSS keeps the paper's form
-        r = dataclasses.replace(r, objective=tuple((k, v) for k, v in r.objective if k != "weighting"))
+    if dict(r.objective).get("weighting") == "x0":  # an x0 space is the flows': GDSS takes the paper's form
+        r = dataclasses.replace(r, objective=tuple((k, v) for k, v in r.objective if k not in ("weighting", "scale")))
     grpo = r.rows == "flow_grpo"
     prepare = graph_rollout_stage(model, train_flags, reward_host, num_samples=samples, group_size=group_size,
                                   policy=r.policy, num_scales=rollout_steps, trajectories=grpo)
     if grpo:  # the predictor-only sampler as the policy; train_steps transitions of each trajectory
-        steps = min(r.train_steps or rollout_steps - 1, rollout_steps)
+        steps = min(r.train_steps or rollout_steps - 1, rollout_steps - 1)
         loss_fn = graph_grpo_rows(model, train_steps=steps, num_scales=rollout_steps)
         rows, passes = samples * steps, samples * rollout_steps
     else:
