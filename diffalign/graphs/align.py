@@ -21,6 +21,7 @@ import numpy as np
 
 from ..align import rl
 from ..align.awm import group_advantages
+from ..paths.base import bcast
 from ..sampling.graph import (graph_log_prob, graph_step_moments, sample_graph_trajectories, sample_graphs, sym_noise,
                               x_noise)
 from .gdss import GDSSModel, score_fns
@@ -175,7 +176,6 @@ def graph_grpo_rows(model: GDSSModel, *, train_steps: int, num_scales: int | Non
     cfg, gsde = model.config, model.gsde
     if num_scales is not None:
         gsde = dataclasses.replace(gsde, num_scales=num_scales)
-    ax, aa = model.apply_x, model.apply_a
 
     def loss_fn(params, batch, key, aux=None):
         tx, ta, fl = batch["traj_x"], batch["traj_a"], batch["flags"]
@@ -190,22 +190,24 @@ def graph_grpo_rows(model: GDSSModel, *, train_steps: int, num_scales: int | Non
         flags = jnp.repeat(fl, train_steps, axis=0)
         t = jnp.linspace(1.0, gsde.sample_eps, steps)[pick.reshape(-1)]
 
-        def moments(p):
-            sx, sa = score_fns(model, p)
-            return graph_step_moments(gsde, cfg.predictor, sx, sa, x, adj, flags, t)
+        sigma_x, sigma_a = (bcast(sde.coeffs(t)[1], v) for sde, v in ((gsde.sde_x, x), (gsde.sde_a, adj)))
 
-        mx, sdx, ma, sda = moments(params)
+        def evaluate(p):  # the step's moments and the scaled scores, from one evaluation of both networks
+            fx, fa = score_fns(model, p)
+            sx, sa = fx(x, adj, flags, t), fa(x, adj, flags, t)
+            moments = graph_step_moments(gsde, cfg.predictor, lambda *_: sx, lambda *_: sa, x, adj, flags, t)
+            return moments, (sigma_x * sx, sigma_a * sa)
+
+        (mx, sdx, ma, sda), (cx, ca) = evaluate(params)
         out = {"per_example": -graph_log_prob(x_next, mx, sdx, a_next, ma, sda, flags),
                "logp_old": jnp.take_along_axis(batch["log_probs"], pick, 1).reshape(-1), "t": t,
                **{k: jnp.repeat(batch[k], train_steps, axis=0) for k in ("reward", "advantage", "group")}}
         for name, tag in rl.FROZEN.items():
             if aux is not None and name in aux:
-                fx, _, fa, _ = moments(aux[name])
+                (fx, _, fa, _), (qx, qa) = evaluate(aux[name])
                 # KL(N(mu, s^2) || N(mu_f, s^2)) per free entry = log N(mu; mu, s) - log N(mu; mu_f, s)
                 out[f"kl_{tag}"] = (graph_log_prob(mx, mx, sdx, ma, ma, sda, flags)
                                     - graph_log_prob(mx, fx, sdx, ma, fa, sda, flags))
-                cx, ca = scaled_scores(gsde, ax, aa, params, x, adj, flags, t)
-                qx, qa = scaled_scores(gsde, ax, aa, aux[name], x, adj, flags, t)
                 out[f"drift_{tag}"] = half_sq(cx - qx) + half_sq(ca - qa)
         return out
 

@@ -203,8 +203,7 @@ def train(
         the same on every process; each process places only the rows of its own devices), and
         only process 0 logs and shows progress.
       on_log: called as ``on_log(step, metrics)`` after each log row.
-      evaluate: ``evaluate(state) -> {name: float}`` at each log row (and before the first
-        step, reported as ``summary["initial_eval"]``), outside the timed region; its values
+      evaluate: ``evaluate(state) -> {name: float}`` at each log row, outside the timed region; its values
         join the row as ``eval_<name>``. An alignment benchmark's fixed-noise evaluation
         after every epoch, say.
       time_limit_s: stop at the first log boundary after this many seconds of training
@@ -255,9 +254,6 @@ def train(
         logger = MetricLogger(workdir, tensorboard=tensorboard, enabled=main)
 
     start = int(jax.device_get(state.step))
-    initial_eval = None
-    if evaluate is not None and start < num_steps:
-        initial_eval = {k: float(v) for k, v in evaluate(state).items()}
     chunks = _Chunks(step_fn, batch_fn, batch_on_device, vectorize_batches, mesh, state_sh)
     bar = None
     if progress and main and start < num_steps:
@@ -341,7 +337,6 @@ def train(
         "train_s": t_run,
         "steps_per_sec": done / t_run if t_run > 0 else None,
         "final_metrics": last_metrics,
-        "initial_eval": initial_eval,
         "stopped_early": f"time limit {time_limit_s:g} s reached at step {step} of {num_steps}" if stopped_early else None,
     }
     if workdir is not None and main:
