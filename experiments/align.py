@@ -203,10 +203,10 @@ def first_epoch_at(curve, target):
     return int(hit[0]) + 1 if hit.size else None
 
 
-def stability(curve) -> bool:
-    """No NaN, and the reward never falls more than 0.1 below its best so far."""
+def stability(curve, tolerance: float = 0.1) -> bool:
+    """No NaN, and the reward never falls more than ``tolerance`` below its best so far."""
     c = np.asarray(curve, float)
-    return bool(np.all(np.isfinite(c)) and np.all(np.maximum.accumulate(c) - c <= 0.1))
+    return bool(np.all(np.isfinite(c)) and np.all(np.maximum.accumulate(c) - c <= tolerance))
 
 
 class AlignResult(NamedTuple):

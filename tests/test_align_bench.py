@@ -6,6 +6,7 @@ Hand-computed values on tiny inputs; NFT's gradient identity with AWM (method no
 SDE step against the Euler step as the noise level goes to 0."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -324,3 +325,57 @@ def test_graph_policy_steps_score_their_own_draws():
     np.testing.assert_allclose(out["kl_ref"], 0.0, atol=1e-6)
     np.testing.assert_allclose(out["drift_ref"], 0.0, atol=1e-9)
     assert np.all(np.isfinite(graph_log_prob(tx[:, 2], mx, sdx, ta[:, 2], ma, sda, fl)))
+
+
+def test_align_bench_sizes_follow_the_task_and_qm9_needs_its_models(tmp_path, capsys):
+    from diffalign.cli import main
+    from experiments.align_bench import Config, _settings
+
+    ring, qm9 = Config(), Config(task="qm9")
+    assert (ring.epochs, ring.samples_per_epoch, ring.eval_samples, ring.eval_steps) == (150, 512, 1024, 20)
+    assert (qm9.epochs, qm9.samples_per_epoch, qm9.eval_samples, qm9.eval_steps) == (30, 64, 256, 100)
+    assert Config(task="qm9", epochs=7).epochs == 7 and qm9.target_level == 0.05
+    # the flows' reuse key has no QM9 settings (a rerun of the ring grid still reuses its runs)
+    assert not {"gdss_runs", "rollout_steps", "final_samples"} & set(_settings(ring))
+    assert {"rollout_steps", "final_samples"} <= set(_settings(qm9))
+    # a full qm9 run without trained GDSS models: said plainly, before any work
+    assert main(["align-bench", "--task", "qm9", "--out", str(tmp_path / "q")]) == 1
+    assert "--task qm9 needs --gdss-runs" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_align_bench_qm9_smoke(tmp_path, monkeypatch):
+    from diffalign.cli import main
+
+    # the 3,000-molecule QM9 fixture (tests/data/README.md): runs on a clean clone, and faster
+    monkeypatch.setenv("DIFFALIGN_DATA", os.path.join(os.path.dirname(__file__), "data"))
+    out = tmp_path / "bench"
+    assert main(["align-bench", "--task", "qm9", "--smoke", "--out", str(out), "--methods", "awm", "flow_grpo",
+                 "nft", "--regimes", "own"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    (base,) = res["metrics"]["base"].values()
+    assert base["score"] == 0.0 and 0 <= base["final_uniqueness"] <= 1 and "final_fcd" in base
+    runs = json.loads((out / "runs.json").read_text())["runs"]
+    assert len(runs) == 3 and all(len(r["score_curve"]) == 2 for r in runs)
+    for r in runs:  # the bar's columns, against the base model's final molecules
+        f = r["final"]
+        assert {"qed_gain", "uniqueness_change", "novelty_change", "meets_bar"} <= set(f)
+        assert np.isclose(f["uniqueness_change"], 100 * (f["final_uniqueness"] - base["final_uniqueness"]))
+    assert "meets the bar" in (out / "table.md").read_text()
+
+
+def test_the_diversity_aware_qed_reward_zeroes_training_molecules_and_repeats():
+    from diffalign.graphs import molecules as M
+    from diffalign.graphs.align import qed_reward
+
+    smiles = ["CCO", "c1ccccc1O", "CC(=O)N"]
+    types, bonds = M.encode(smiles, "QM9")
+    x = np.eye(4, dtype=np.float32)[np.maximum(types, 0)] * (types >= 0)[..., None]
+    batch = (x[[0, 0, 1, 2]], bonds[[0, 0, 1, 2]].astype(np.float32))  # CCO twice
+    plain, valid = qed_reward("QM9")(*batch)
+    assert np.all(valid == 1) and np.all(plain > 0) and plain[0] == plain[1]
+    train = set(M.canonical(["c1ccccc1O"]))
+    r, _ = qed_reward("QM9", novel_against=train, unique=True)(*batch)
+    np.testing.assert_array_equal(r, [plain[0], 0.0, 0.0, plain[3]])  # the repeat and the training molecule
+    r, _ = qed_reward("QM9", unique=True)(*batch)
+    np.testing.assert_array_equal(r, [plain[0], 0.0, plain[2], plain[3]])

@@ -62,14 +62,27 @@ def qed_scores(types: np.ndarray, bonds: np.ndarray, dataset: str) -> tuple[np.n
     return rewards, valid
 
 
-def qed_reward(dataset: str) -> Callable:
-    """Host function ``(X one-hot, A bond orders) -> (QED, valid without correction)``, for
-    ``jax.pure_callback`` on ``quantize_jax``'s output (``qed_scores`` per molecule)."""
+def qed_reward(dataset: str, *, novel_against: set | None = None, unique: bool = False) -> Callable:
+    """Host function ``(X one-hot, A bond orders) -> (reward, valid without correction)``, for
+    ``jax.pure_callback`` on ``quantize_jax``'s output: the QED of each molecule
+    (``qed_scores``). A diversity-aware variant, against the collapse onto a few QED-rich
+    training molecules: with ``novel_against`` (canonical SMILES, the training set's) a molecule
+    found there scores 0; with ``unique`` a molecule repeated in the batch scores only at its
+    first occurrence (canonical SMILES of the largest fragment, as uniqueness and novelty count)."""
+    from . import molecules as M
 
     def fn(x, adj):
         x, adj = np.asarray(x), np.asarray(adj)
         types = np.where(x.any(-1), x.argmax(-1), -1).astype(np.int8)
-        return qed_scores(types, np.rint(adj).astype(np.int8), dataset)
+        bonds = np.rint(adj).astype(np.int8)
+        reward, valid = qed_scores(types, bonds, dataset)
+        if novel_against is not None or unique:
+            seen: set = set()
+            for i, smi in enumerate(M.decode(types, bonds, dataset).smiles):
+                if smi is None or (novel_against is not None and smi in novel_against) or (unique and smi in seen):
+                    reward[i] = 0.0
+                seen.add(smi)
+        return reward, valid
 
     return fn
 

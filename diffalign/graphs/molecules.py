@@ -289,7 +289,15 @@ def fcd(generated: list, reference: list) -> float:
     except ImportError:
         return float("nan")
     gen = [s for s in canonical(generated) if s]
-    ref = [s for s in canonical(reference) if s]
-    if len(gen) < 2 or len(ref) < 2:
+    if len(gen) < 2:
         return float("nan")
-    return float(FCD(device="cpu", n_jobs=1)(ref, gen))
+    key = hash(tuple(reference))
+    if key not in _FCD_REFERENCE:  # ChemNet's statistics of a reference set, computed once per process
+        ref = [s for s in canonical(reference) if s]
+        _FCD_REFERENCE[key] = FCD(device="cpu", n_jobs=1).precalc(ref) if len(ref) >= 2 else None
+    if _FCD_REFERENCE[key] is None:
+        return float("nan")
+    return float(FCD(device="cpu", n_jobs=1)(gen=gen, pref=_FCD_REFERENCE[key]))
+
+
+_FCD_REFERENCE: dict = {}
