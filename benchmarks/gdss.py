@@ -30,7 +30,6 @@ fraction of the fp32 matmul peak measured at the start of the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

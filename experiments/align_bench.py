@@ -444,7 +444,7 @@ def table(summary: dict, cfg: Config) -> str:
     lines = [f"# align-bench, task {cfg.task}: best stable learning rate per method and regime", "",
              f"Target: {cfg.target_level} {score} on the shared evaluation ({cfg.eval_samples} samples, "
              f"{cfg.eval_steps}-step {'GDSS' if cfg.task == 'qm9' else 'Euler ODE'}, fixed noise). Medians over {len(cfg.seeds)} RL seeds x "
-             f"{len(cfg.pretrain_seeds)} pretraining seed(s). Network passes: rollout forwards + update forwards "
+             f"{len(cfg.gdss_runs) if cfg.task == 'qm9' else len(cfg.pretrain_seeds)} pretraining seed(s). Network passes: rollout forwards + update forwards "
              "(policy and frozen sets) + backwards, each pass one. Seconds: training only.", "",
              f"| method | regime | lr | epochs to target (per run) | passes to target | seconds to target | final score "
              f"| drift | {' | '.join(h for h, _ in div)} |",
