@@ -354,7 +354,7 @@ def _median(xs):
 VALIDITY_FLOOR = -10.0  # qm9: a stable run keeps validity without correction within 10 points of the base's
 
 
-def _stable(run: dict) -> bool:
+def stable_run(run: dict) -> bool:
     """The run's stability (its evaluated score: no NaN, no fall of more than the task's tolerance
     below its best) and, on QM9, its final molecules' validity without correction within 10
     points of the base model's: QED is scored over the valid molecules, so a run that breaks
@@ -380,7 +380,7 @@ def summarise(runs: list[dict], cfg: Config) -> dict:
                 reached = all(r["epochs_to_target"] is not None for r in rs)
                 e = {
                     "method": method, "regime": regime, "lr": lr, "runs": len(rs),
-                    "all_stable": all(_stable(r) for r in rs), "all_reached": reached,
+                    "all_stable": all(stable_run(r) for r in rs), "all_reached": reached,
                     "epochs_to_target": [r["epochs_to_target"] for r in rs],
                     "median_epochs_to_target": _median([r["epochs_to_target"] for r in rs]) if reached else None,
                     "median_evals_to_target": _median([r["evals_to_target"] for r in rs]) if reached else None,
@@ -487,7 +487,7 @@ def table(summary: dict, cfg: Config) -> str:
 GRID_KEYS = ("methods", "regimes", "lrs", "seeds", "pretrain_seeds", "gdss_runs")
 
 
-def _settings(cfg: Config) -> dict:
+def run_settings(cfg: Config) -> dict:
     """What a reused run must share with this invocation: the settings off the grid, and the
     recipes (a changed recipe must not reuse the runs of the old one)."""
     skip = GRID_KEYS + (() if cfg.task == "qm9" else QM9_KEYS)
@@ -506,7 +506,7 @@ def _earlier_runs(path: str, cfg: Config) -> tuple[list[dict], dict]:
         return [], {}
     with open(path) as f:
         saved = json.load(f)
-    if saved.get("settings") != json.loads(json.dumps(_settings(cfg))):
+    if saved.get("settings") != json.loads(json.dumps(run_settings(cfg))):
         raise ValueError(f"{path} holds runs made with other settings ({saved.get('settings')}); use another --out")
     return saved["runs"], saved.get("base", {})
 
@@ -569,7 +569,7 @@ def run(cfg: Config, out: str, smoke: bool = False) -> dict:
                 runs.append(row)
                 kept = runs + list(done.values())  # runs of the earlier grid outside this one stay on file
                 # nothing lost if a long grid stops
-                write_json(path, {"settings": _settings(cfg), "runs": kept, "base": base})
+                write_json(path, {"settings": run_settings(cfg), "runs": kept, "base": base})
     base = {k: v for k, v in base.items() if k in {str(r["pretrain_seed"]) for r in runs}}
     summary = summarise(runs, cfg)
     with open(os.path.join(out, "table.md"), "w") as f:
@@ -641,7 +641,7 @@ def _plot(out, runs, summary, cfg):
         if f.get("qed_gain") is None:
             continue
         x = min(f["uniqueness_change"], f["novelty_change"])
-        ax.scatter(x, f["qed_gain"], color=colours[r["method"]], marker="o" if _stable(r) else "x",
+        ax.scatter(x, f["qed_gain"], color=colours[r["method"]], marker="o" if stable_run(r) else "x",
                    s=20 + 15 * np.log10(r["lr"] / min(cfg.lrs) + 1))
     for method in cfg.methods:
         ax.scatter([], [], color=colours[method], label=method)

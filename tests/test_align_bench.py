@@ -329,19 +329,19 @@ def test_graph_policy_steps_score_their_own_draws():
 
 def test_align_bench_sizes_follow_the_task_and_qm9_needs_its_models(tmp_path, capsys):
     from diffalign.cli import main
-    from experiments.align_bench import Config, _settings, _stable
+    from experiments.align_bench import Config, run_settings, stable_run
 
     ring, qm9 = Config(), Config(task="qm9")
     assert (ring.epochs, ring.samples_per_epoch, ring.eval_samples, ring.eval_steps) == (150, 512, 1024, 20)
     assert (qm9.epochs, qm9.samples_per_epoch, qm9.eval_samples, qm9.eval_steps) == (30, 64, 256, 100)
     assert Config(task="qm9", epochs=7).epochs == 7 and qm9.target_level == 0.05
     # the flows' reuse key has no QM9 settings (a rerun of the ring grid still reuses its runs)
-    assert not {"gdss_runs", "rollout_steps", "final_samples"} & set(_settings(ring))
-    assert {"rollout_steps", "final_samples"} <= set(_settings(qm9))
+    assert not {"gdss_runs", "rollout_steps", "final_samples"} & set(run_settings(ring))
+    assert {"rollout_steps", "final_samples"} <= set(run_settings(qm9))
     # on QM9 a run that breaks validity is not stable, whatever its QED (scored over valid molecules)
-    assert _stable({"stable": True, "final": {"validity_wo_correction_change": -9.0}})
-    assert not _stable({"stable": True, "final": {"validity_wo_correction_change": -11.0}})
-    assert _stable({"stable": True, "final": None}) and not _stable({"stable": False, "final": {}})
+    assert stable_run({"stable": True, "final": {"validity_wo_correction_change": -9.0}})
+    assert not stable_run({"stable": True, "final": {"validity_wo_correction_change": -11.0}})
+    assert stable_run({"stable": True, "final": None}) and not stable_run({"stable": False, "final": {}})
     # a full qm9 run without trained GDSS models: said plainly, before any work
     assert main(["align-bench", "--task", "qm9", "--out", str(tmp_path / "q")]) == 1
     assert "--task qm9 needs --gdss-runs" in capsys.readouterr().err
