@@ -299,16 +299,6 @@ def qm9_setup(cfg: Config, gdss_run: str, out: str):
     return evaluator, make_aligner
 
 
-def _smoke_gdss(out: str) -> str:
-    """For --smoke without --gdss-runs: a few steps of GDSS on QM9 (same code path, no quality)."""
-    from .graphs import TrainConfig, train_run
-
-    run_dir = os.path.join(out, "gdss_smoke")
-    if not os.path.exists(os.path.join(run_dir, "results.json")):
-        train_run(TrainConfig(dataset="QM9", score=False), run_dir, smoke=True)
-    return run_dir
-
-
 # ----------------------------------------------------------------------------- one run
 
 
@@ -518,7 +508,9 @@ def _models(cfg: Config, out: str, smoke: bool, timer):
     if cfg.task == "qm9":
         from diffalign.graphs.evaluation import trained_config
 
-        runs = cfg.gdss_runs or ((_smoke_gdss(out),) if smoke else ())
+        from .align_qm9 import smoke_gdss_run  # a few steps of GDSS: the smoke's model
+
+        runs = cfg.gdss_runs or ((smoke_gdss_run(out),) if smoke else ())
         if not runs:
             raise ValueError("--task qm9 needs --gdss-runs DIR [DIR ...], `diffalign graphs train --dataset QM9` runs")
         for run_dir in runs:

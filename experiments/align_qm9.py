@@ -48,7 +48,7 @@ def _load_gdss(run_dir: str):
     return model, (state.ema_params if cfg.use_ema else state.params), data
 
 
-def _tiny_gdss(out: str) -> str:
+def smoke_gdss_run(out: str) -> str:
     """For --smoke without --gdss-run: a few steps of GDSS on QM9 (same code path, no quality)."""
     from .graphs import TrainConfig, train_run
 
@@ -82,7 +82,7 @@ def _qed_summary(types, bonds):
 def run_qm9(cfg, out: str, timer, smoke: bool) -> dict:
     """``align --task qm9``: ``cfg`` (already at smoke size if asked), ``out`` made and ``timer``
     started by ``align.run``."""
-    gdss_run = cfg.gdss_run or (_tiny_gdss(out) if smoke else "")
+    gdss_run = cfg.gdss_run or (smoke_gdss_run(out) if smoke else "")
     if not gdss_run:
         raise ValueError("--task qm9 needs --gdss-run DIR, a `diffalign graphs train --dataset QM9` run")
     model, ref, data = _load_gdss(gdss_run)
